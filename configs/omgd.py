@@ -1,0 +1,100 @@
+"""OMGD: online multi-granularity distillation for paired image-to-image translation.
+
+Variants (`--config=configs/omgd.py:NAME`):
+  (none)      embedded edges->photo data at 64x64 with widths that train in minutes on a CPU;
+  unet_s16, unet_s12, unet_s8, resnet_s16, resnet_s12, resnet_s8
+              the paper's 256x256 setups (wide/deep/student ngf 64/16/16, 48/12/12, 48/12/8;
+              ndf 128, or 96 for the smaller students) on a pix2pix folder
+              (`--config.data.path=DIR`).
+"""
+
+import ml_collections
+
+from configs import base
+
+# variant -> (generator family, wide ngf, deep ngf, student ngf, ndf)
+REFERENCE_SETUPS = {
+    "unet_s16": ("unet", 64, 16, 16, 128),
+    "unet_s12": ("unet", 48, 12, 12, 128),
+    "unet_s8": ("unet", 48, 12, 8, 96),
+    "resnet_s16": ("resnet", 64, 16, 16, 128),
+    "resnet_s12": ("resnet", 48, 12, 12, 128),
+    "resnet_s8": ("resnet", 48, 12, 8, 96),
+}
+
+# Per family: (wide teacher, deep teacher, student, norm, n_share, lambda_cd), from the
+# reference scripts (scripts/{unet,resnet}_pix2pix/edges2shoes/distill*.sh).
+FAMILIES = {
+    "unet": ("unet", "unet_deepest", "unet", "batch", 5, 1e1),
+    "resnet": ("mobile_resnet", "mobile_resnet_deepest", "mobile_resnet", "instance", 3, 1e2),
+}
+
+
+# The default: small enough to train in minutes on a 2-core CPU at 64x64.
+DEFAULT_SETUP = ("unet", 32, 8, 8, 64)
+
+
+def _set_networks(config, family: str, ngf_wide: int, ngf_deep: int, ngf_student: int, ndf: int):
+  wide, deep, student, norm, n_share, lambda_cd = FAMILIES[family]
+  generator = lambda name, ngf: ml_collections.ConfigDict({"name": name, "ngf": ngf, "norm": norm})
+  config.teacher_wide = generator(wide, ngf_wide)
+  config.teacher_deep = generator(deep, ngf_deep)
+  config.student = generator(student, ngf_student)
+  config.discriminator = ml_collections.ConfigDict(
+      {"ndf": ndf, "n_layers": 3, "n_share": n_share, "norm": norm})
+  config.loss.lambda_cd = lambda_cd
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  config = base.get_config()
+  config.method = "omgd"
+  config.num_train_steps = 1200
+  config.log_every = 50
+  config.eval_every = 400
+  config.checkpoint_every = 400
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "embedded_edges2photo"  # or "pix2pix_folder" with data.path
+  config.data.path = ""
+  config.data.direction = "AtoB"
+  config.data.crop_size = 64
+  config.data.load_size = 0                  # 0: same as crop_size.
+  config.data.flip = True
+  config.data.eval_split = ""                # "": 'val' if present, else 'test'.
+  config.data.num_threads = 4
+
+  config.n_dis = 1                           # Update D and teachers every n_dis steps.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.lr = 2e-4
+  config.optimizer.b1 = 0.5
+  config.optimizer.b2 = 0.999
+  config.optimizer.constant_steps = -1       # -1: half of num_train_steps.
+  config.optimizer.decay_steps = -1          # -1: the rest of num_train_steps.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.gan_mode = "hinge"             # hinge | lsgan | vanilla
+  config.loss.lambda_gan = 1.0               # Teachers: adversarial term.
+  config.loss.lambda_recon = 100.0           # Teachers: L1 to the target.
+  config.loss.lambda_ssim = 1e1              # Student, per teacher: 1 - SSIM(S, T).
+  config.loss.lambda_style = 1e4             # Student, per teacher: Gram (VGG16) L1.
+  config.loss.lambda_feature = 1e1           # Student, per teacher: VGG16 relu2_2 L1.
+  config.loss.lambda_tv = 1e-5               # Student, per teacher: total variation.
+  config.loss.lambda_cd = 0.0                # Student: channel distillation (wide teacher); set per family.
+
+  config.vgg = ml_collections.ConfigDict()
+  config.vgg.weights = ""                    # torchvision vgg16-397923af.pth; "" searches caches.
+  config.vgg.input_normalization = "none"    # none: (x+1)/2 as the reference; or imagenet.
+
+  _set_networks(config, *DEFAULT_SETUP)
+
+  if variant:
+    if variant not in REFERENCE_SETUPS:
+      raise ValueError(f"unknown variant '{variant}' of configs/omgd.py; choose from "
+                       f"{', '.join(REFERENCE_SETUPS)}")
+    _set_networks(config, *REFERENCE_SETUPS[variant])
+    config.data.name = "pix2pix_folder"
+    config.data.crop_size = 256
+    config.num_train_steps = 200 * 50000 // 4   # edges2shoes: 100 + 100 epochs at batch 4.
+    config.eval_every = 10000
+    config.checkpoint_every = 5000
+  return config

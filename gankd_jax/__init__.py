@@ -1,0 +1,1 @@
+"""gankd_jax: GAN compression by knowledge distillation in JAX/Flax."""

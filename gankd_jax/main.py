@@ -1,0 +1,47 @@
+"""Command line: `python -m gankd_jax.main --config=configs/omgd.py --workdir=DIR`.
+
+Config fields are overridden with `--config.a.b=value`; variants are chosen with
+`--config=configs/omgd.py:NAME`. Running again on the same workdir resumes the run.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gankd_jax.cli import fail, parse_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (optionally :VARIANT).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and summary.json.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for multi-process runs (not needed on Cloud TPU).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "Index of this process in a multi-process run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  import jax
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  from gankd_jax import train
+  logging.set_verbosity(logging.INFO)
+  try:
+    run = train.prepare(FLAGS.config, FLAGS.workdir)
+  except ValueError as e:
+    fail(str(e))
+  try:
+    summary = train.train(run)
+  except train.NonFiniteLossError as e:
+    fail(str(e), status=1)
+  end = summary.get("eval_end") or {}
+  logging.info("done: %d steps; summary in %s/summary.json", summary["steps"], FLAGS.workdir)
+  if "student" in end:
+    print(f"student: {end['student']}  params: {summary['networks']['student']['params']}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

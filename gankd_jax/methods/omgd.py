@@ -1,0 +1,297 @@
+"""OMGD: Online Multi-Granularity Distillation (Ren et al., ICCV 2021) for paired translation.
+
+One fused step, as in the reference `MultiTeacherDistiller.optimize_parameters`:
+  1. forward the wide teacher, the deep teacher and the student on the same input x;
+  2. every `n_dis` steps, from that same forward (pre-update parameters):
+       D (partially shared PatchGAN, one branch per teacher): 0.5 (real + fake) per branch;
+       each teacher: lambda_gan * GAN(D_branch(x, T(x))) + lambda_recon * L1(T(x), y);
+  3. every step, the student (no discriminator, no ground truth), for each teacher output T:
+       lambda_ssim (1 - SSIM(S, T)) + lambda_style sum_l L1(Gram phi_l(S), Gram phi_l(T))
+       + lambda_feature L1(phi_relu2_2(S), phi_relu2_2(T)) + lambda_tv TV(S)
+     plus lambda_cd * channel distillation against the wide teacher's intermediate maps, through
+     learned 1x1 connectors trained with the student.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gankd_jax import models
+from gankd_jax.losses import distill, gan, image, perceptual
+from gankd_jax.methods.base import (Method, NetState, Network, adam_with_global_schedule,
+                                    apply_update, linear_decay_schedule)
+from gankd_jax.models import vgg
+
+TEACHER_ROLES = ("teacher_wide", "teacher_deep")
+VGG_FILENAME = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet VGG16 weights.
+
+
+@flax.struct.dataclass
+class OMGDState:
+  step: jax.Array
+  rng: jax.Array
+  teacher_wide: NetState
+  teacher_deep: NetState
+  student: NetState  # params/batch_stats: {"generator": ..., "connectors": ...}
+  discriminator: NetState
+
+
+class Connectors(nn.Module):
+  """One learned 1x1 connector per distilled layer (student channels -> wide-teacher channels)."""
+  teacher_channels: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, student_feats, *, train: bool = True):
+    return [distill.ChannelConnector(c, name=f"connector_{i}")(f, train=train)
+            for i, (c, f) in enumerate(zip(self.teacher_channels, student_feats))]
+
+
+def find_vgg_weights(configured: str) -> str | None:
+  """The VGG16 weights file: the configured path, else torchvision's or our cache, else None."""
+  if configured:
+    if not os.path.isfile(configured):
+      raise ValueError(f"vgg.weights: no such file: {configured}")
+    return configured
+  cache_dirs = [os.environ.get("GANKD_CACHE", os.path.expanduser("~/.cache/gankd_jax")),
+                os.path.expanduser("~/.cache/torch/hub/checkpoints")]
+  for directory in cache_dirs:
+    candidate = os.path.join(directory, VGG_FILENAME)
+    if os.path.isfile(candidate):
+      return candidate
+  return None
+
+
+class OMGD(Method):
+  roles = ("teacher_wide", "teacher_deep", "student", "discriminator")
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.loss_cfg = config.loss
+    if config.n_dis <= 0:
+      raise ValueError(f"n_dis must be >= 1, got {config.n_dis}")
+    gan.check_gan_mode(config.loss.gan_mode)
+    self.generators = {
+        role: models.build_generator(**config[role]) for role in (*TEACHER_ROLES, "student")}
+    self.discriminator = models.build_discriminator(num_branches=len(TEACHER_ROLES),
+                                                    **config.discriminator)
+    self.use_cd = config.loss.lambda_cd > 0
+    if self.use_cd:
+      self.connectors = Connectors(tuple(self.generators["teacher_wide"].feature_channels()))
+
+    self._notes = []
+    vgg_path = find_vgg_weights(config.vgg.weights)
+    self.vgg_params = None
+    if vgg_path:
+      self.vgg_params = vgg.load_vgg16(vgg_path)
+      self._notes.append(f"VGG16 perceptual losses on, weights from {vgg_path}")
+    else:
+      self._notes.append(
+          f"VGG16 weights not found (set --config.vgg.weights=/path/{VGG_FILENAME} or put the file in "
+          "~/.cache/gankd_jax/): the style and feature loss terms are off")
+    self.vgg = vgg.VGG16(input_normalization=config.vgg.input_normalization)
+
+    steps = config.num_train_steps
+    constant = config.optimizer.constant_steps if config.optimizer.constant_steps >= 0 else steps // 2
+    decay = config.optimizer.decay_steps if config.optimizer.decay_steps >= 0 else steps - constant
+    self.learning_rate = linear_decay_schedule(config.optimizer.lr, constant, decay)
+    self.optimizer = adam_with_global_schedule(config.optimizer.b1, config.optimizer.b2)
+
+  # ----------------------------------------------------------------------------- bookkeeping
+  def notes(self) -> list[str]:
+    return list(self._notes)
+
+  def active_losses(self) -> dict[str, float]:
+    weights = {k: float(v) for k, v in self.loss_cfg.items() if k.startswith("lambda_")}
+    if self.vgg_params is None:
+      weights.pop("lambda_style")
+      weights.pop("lambda_feature")
+    return {k[len("lambda_"):]: v for k, v in weights.items() if v != 0}
+
+  def phase(self, step: int) -> bool:
+    """True on steps that also update the discriminator and the teachers."""
+    return step % self.config.n_dis == 0
+
+  def frozen_variables(self) -> Any:
+    return {"vgg": self.vgg_params} if self.vgg_params is not None else {}
+
+  # ----------------------------------------------------------------------------- state
+  def _net_state(self, variables) -> NetState:
+    params = variables["params"]
+    return NetState(params, variables.get("batch_stats", {}), self.optimizer.init(params))
+
+  def init_state(self, rng: jax.Array, batch) -> OMGDState:
+    x = batch["A"][:1]
+    keys = dict(zip(["init", *self.roles, "connectors"], jax.random.split(rng, len(self.roles) + 2)))
+    nets = {role: self.generators[role].init(keys[role], x, train=False)
+            for role in (*TEACHER_ROLES, "student")}
+    pair = jnp.concatenate([x, x], axis=-1)
+    nets["discriminator"] = self.discriminator.init(keys["discriminator"], pair, train=False)
+
+    student = {"params": {"generator": nets["student"]["params"]},
+               "batch_stats": {"generator": nets["student"].get("batch_stats", {})}}
+    if self.use_cd:
+      _, feats = self.generators["student"].apply(nets["student"], x, train=False,
+                                                  return_features=True)
+      connectors = self.connectors.init(keys["connectors"], feats, train=False)
+      student["params"]["connectors"] = connectors["params"]
+      student["batch_stats"]["connectors"] = connectors.get("batch_stats", {})
+    return OMGDState(
+        step=jnp.zeros((), jnp.int32), rng=keys["init"],
+        teacher_wide=self._net_state(nets["teacher_wide"]),
+        teacher_deep=self._net_state(nets["teacher_deep"]),
+        student=self._net_state(student),
+        discriminator=self._net_state(nets["discriminator"]))
+
+  # ----------------------------------------------------------------------------- forwards
+  def _run_generator(self, role, params, batch_stats, x, *, features=False):
+    """Train-mode forward; returns (output, features or None, new batch_stats)."""
+    out, updated = self.generators[role].apply(
+        {"params": params, "batch_stats": batch_stats}, x, train=True,
+        return_features=features, mutable=["batch_stats"])
+    y, feats = out if features else (out, None)
+    return y, feats, updated.get("batch_stats", {})
+
+  def _run_discriminator(self, params, batch_stats, pair, branch):
+    (logits,), updated = self.discriminator.apply(
+        {"params": params, "batch_stats": batch_stats}, pair, train=True, branches=(branch,),
+        mutable=["batch_stats"])
+    return logits, updated.get("batch_stats", {})
+
+  # ----------------------------------------------------------------------------- losses
+  def _teacher_loss(self, teacher_params, state: OMGDState, x, y):
+    """Adversarial + L1 loss of both teachers against the (fixed) current discriminator."""
+    cfg = self.loss_cfg
+    d = state.discriminator
+    d_stats = d.batch_stats
+    total, metrics, outputs = 0.0, {}, {}
+    for branch, role in enumerate(TEACHER_ROLES):
+      net = getattr(state, role)
+      fake, feats, stats = self._run_generator(role, teacher_params[role], net.batch_stats, x,
+                                               features=self.use_cd and role == "teacher_wide")
+      logits, d_stats = self._run_discriminator(d.params, d_stats, jnp.concatenate([x, fake], -1), branch)
+      adversarial = gan.generator_loss(cfg.gan_mode, logits)
+      recon = image.l1(fake, y)
+      total += cfg.lambda_gan * adversarial + cfg.lambda_recon * recon
+      metrics[f"{role}/gan"] = adversarial
+      metrics[f"{role}/recon_l1"] = recon
+      outputs[role] = (fake, feats, stats)
+    return total, (metrics, outputs)
+
+  def _discriminator_loss(self, d_params, d_stats, x, y, fakes):
+    real_pair = jnp.concatenate([x, y], -1)
+    total, metrics = 0.0, {}
+    for branch, role in enumerate(TEACHER_ROLES):
+      fake_logits, d_stats = self._run_discriminator(
+          d_params, d_stats, jnp.concatenate([x, fakes[role]], -1), branch)
+      real_logits, d_stats = self._run_discriminator(d_params, d_stats, real_pair, branch)
+      loss = gan.discriminator_loss(self.loss_cfg.gan_mode, real_logits, fake_logits)
+      total += loss
+      metrics[f"discriminator/{role}"] = loss
+    return total, (metrics, d_stats)
+
+  def _student_loss(self, student_params, student_stats, x, targets, wide_feats, frozen):
+    """KD from both teacher outputs (no D, no ground truth) + channel distillation."""
+    cfg = self.loss_cfg
+    fake, feats, gen_stats = self._run_generator(
+        "student", student_params["generator"], student_stats["generator"], x, features=self.use_cd)
+    new_stats = {"generator": gen_stats}
+    use_vgg = "vgg" in frozen
+    if use_vgg:
+      student_vgg = self.vgg.apply({"params": frozen["vgg"]}, fake)
+    terms = {"ssim": 0.0, "style": 0.0, "feature": 0.0, "tv": 0.0}
+    for target in targets:
+      terms["ssim"] += cfg.lambda_ssim * (1.0 - image.ssim(fake, target))
+      if use_vgg:
+        target_vgg = self.vgg.apply({"params": frozen["vgg"]}, target)
+        terms["style"] += cfg.lambda_style * perceptual.style_loss(student_vgg, target_vgg)
+        terms["feature"] += cfg.lambda_feature * perceptual.feature_loss(student_vgg, target_vgg)
+      # The reference adds the TV term once per teacher.
+      terms["tv"] += cfg.lambda_tv * image.total_variation(fake)
+    if self.use_cd:
+      mapped, connector_vars = self.connectors.apply(
+          {"params": student_params["connectors"], "batch_stats": student_stats["connectors"]},
+          feats, train=True, mutable=["batch_stats"])
+      new_stats["connectors"] = connector_vars.get("batch_stats", {})
+      terms["cd"] = cfg.lambda_cd * distill.channel_distillation_loss(mapped, wide_feats)
+    total = sum(terms.values())
+    metrics = {f"student/{k}": v for k, v in terms.items() if k in ("ssim", "cd", "tv") or use_vgg}
+    return total, (metrics, new_stats, fake)
+
+  # ----------------------------------------------------------------------------- the step
+  def train_step(self, state: OMGDState, batch, frozen, phase: bool):
+    x, y = batch["A"], batch["B"]
+    lr = self.learning_rate(state.step)
+    metrics = {"learning_rate": lr}
+    update_teachers = phase
+
+    teacher_params = {role: getattr(state, role).params for role in TEACHER_ROLES}
+    if update_teachers:
+      (teacher_total, (teacher_metrics, outputs)), teacher_grads = jax.value_and_grad(
+          self._teacher_loss, has_aux=True)(teacher_params, state, x, y)
+      fakes = {role: jax.lax.stop_gradient(outputs[role][0]) for role in TEACHER_ROLES}
+      (d_total, (d_metrics, d_stats)), d_grads = jax.value_and_grad(
+          self._discriminator_loss, has_aux=True)(
+              state.discriminator.params, state.discriminator.batch_stats, x, y, fakes)
+      metrics.update(teacher_metrics, **d_metrics, **{"discriminator/total": d_total,
+                                                      "teachers/total": teacher_total})
+      new_teachers = {role: apply_update(getattr(state, role), teacher_grads[role],
+                                         outputs[role][2], self.optimizer, lr)
+                      for role in TEACHER_ROLES}
+      new_discriminator = apply_update(state.discriminator, d_grads, d_stats, self.optimizer, lr)
+    else:
+      outputs = {}
+      for role in TEACHER_ROLES:
+        net = getattr(state, role)
+        outputs[role] = self._run_generator(role, net.params, net.batch_stats, x,
+                                            features=self.use_cd and role == "teacher_wide")
+      new_teachers = {role: getattr(state, role).replace(batch_stats=outputs[role][2])
+                      for role in TEACHER_ROLES}
+      new_discriminator = state.discriminator
+
+    targets = [jax.lax.stop_gradient(outputs[role][0]) for role in TEACHER_ROLES]
+    wide_feats = jax.lax.stop_gradient(outputs["teacher_wide"][1])
+    (student_total, (student_metrics, student_stats, _)), student_grads = jax.value_and_grad(
+        self._student_loss, has_aux=True)(
+            state.student.params, state.student.batch_stats, x, targets, wide_feats, frozen)
+    metrics.update(student_metrics, **{"student/total": student_total})
+    new_student = apply_update(state.student, student_grads, student_stats, self.optimizer, lr)
+
+    new_state = OMGDState(step=state.step + 1, rng=state.rng, student=new_student,
+                          discriminator=new_discriminator, **new_teachers)
+    return new_state, metrics
+
+  # ----------------------------------------------------------------------------- inference
+  def _inference_variables(self, state: OMGDState, role: str):
+    net = getattr(state, role)
+    if role == "student":
+      return {"params": net.params["generator"], "batch_stats": net.batch_stats["generator"]}
+    return net.variables()
+
+  def generate(self, state: OMGDState, batch):
+    return {role: self.generators[role].apply(self._inference_variables(state, role), batch["A"],
+                                              train=False)
+            for role in (*TEACHER_ROLES, "student")}
+
+  def networks(self, state: OMGDState) -> dict[str, Network]:
+    size = self.config.data.crop_size
+    nets = {}
+    for role in (*TEACHER_ROLES, "student"):
+      module = self.generators[role]
+      nets[role] = Network(functools.partial(_apply_eval, module),
+                           self._inference_variables(state, role), (size, size, 3))
+    nets["discriminator"] = Network(functools.partial(_apply_eval, self.discriminator),
+                                    state.discriminator.variables(), (size, size, 6))
+    return nets
+
+
+def _apply_eval(module: nn.Module, variables, x):
+  return module.apply(variables, x, train=False)
