@@ -11,6 +11,7 @@ Variants (`--config=configs/omgd.py:NAME`):
 import ml_collections
 
 from configs import base
+from gankd_jax import data
 
 # variant -> (generator family, wide ngf, deep ngf, student ngf, ndf)
 REFERENCE_SETUPS = {
@@ -53,14 +54,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval_every = 400
   config.checkpoint_every = 400
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "embedded_edges2photo"  # or "pix2pix_folder" with data.path
-  config.data.path = ""
-  config.data.direction = "AtoB"
-  config.data.crop_size = 64
-  config.data.load_size = 0                  # 0: same as crop_size.
-  config.data.flip = True
-  config.data.eval_split = ""                # "": 'val' if present, else 'test'.
+  # Embedded edges->photo pairs at 64x64 (no download); "pix2pix_folder" + data.path for yours.
+  config.data = data.default_data_config()
   config.data.num_threads = 4
 
   config.n_dis = 1                           # Update D and teachers every n_dis steps.

@@ -78,7 +78,8 @@ class OMGD(Method):
     self.loss_cfg = config.loss
     if config.n_dis <= 0:
       raise ValueError(f"n_dis must be >= 1, got {config.n_dis}")
-    gan.check_gan_mode(config.loss.gan_mode)
+    if config.loss.gan_mode not in gan.GAN_KINDS:
+      raise ValueError(f"loss.gan_mode: unknown '{config.loss.gan_mode}'; choose from {', '.join(gan.GAN_KINDS)}")
     self.generators = {
         role: models.build_generator(**config[role]) for role in (*TEACHER_ROLES, "student")}
     self.discriminator = models.build_discriminator(num_branches=len(TEACHER_ROLES),
@@ -97,7 +98,7 @@ class OMGD(Method):
       self._notes.append(
           f"VGG16 weights not found (set --config.vgg.weights=/path/{VGG_FILENAME} or put the file in "
           "~/.cache/gankd_jax/): the style and feature loss terms are off")
-    self.vgg = vgg.VGG16(input_normalization=config.vgg.input_normalization)
+    self.vgg = vgg.VGG16Features(input_normalization=config.vgg.input_normalization)
 
     steps = config.num_train_steps
     constant = config.optimizer.constant_steps if config.optimizer.constant_steps >= 0 else steps // 2

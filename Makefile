@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` (install + train the default OMGD run) and
+# `make test` (install + run the test suite). Both install into .venv from requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/omgd_demo
+
+.PHONY: install demo test stats bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+demo: install
+	$(PY) -m gankd_jax.main --config=configs/omgd.py --workdir=$(WORKDIR)
+
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+stats: install
+	$(PY) -m gankd_jax.model_stats --config=configs/omgd.py:unet_s16
+
+bench: install
+	$(PY) benchmarks/omgd_step.py --config=configs/omgd.py:unet_s16 --batch_size=4
+
+clean:
+	rm -rf $(VENV) runs

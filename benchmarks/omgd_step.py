@@ -1,0 +1,89 @@
+"""Seconds per OMGD fused step: with the teacher + discriminator update, and student-only.
+
+  python benchmarks/omgd_step.py --config=configs/omgd.py:unet_s16 --batch_size=4 [--json]
+
+Random inputs at the config's image size; the VGG16 perceptual terms are timed with randomly
+initialised VGG weights when no weights file is found (timing only: training never does this).
+Reports the median of --steps timed steps after --warmup steps (compilation excluded).
+The PyTorch reference (bytedance/OMGD, 2 CPU threads, 256x256, batch 4): 12.5 s and 6.1 s.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from gankd_jax.cli import fail, parse_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/omgd.py:unet_s16", "Config (optionally :VARIANT).")
+flags.DEFINE_integer("batch_size", 4, "Global batch size.")
+flags.DEFINE_integer("warmup", 1, "Untimed steps per kind after compilation.")
+flags.DEFINE_integer("steps", 3, "Timed steps per kind (median reported).")
+flags.DEFINE_bool("json", False, "Print {\"full_step_s\": x, \"student_step_s\": y} as the last line.")
+
+
+def time_step(step_fn, state, batch, frozen, warmup, steps):
+  import jax
+  state, _ = step_fn(state, batch, frozen)  # Compile.
+  jax.block_until_ready(state)
+  for _ in range(warmup):
+    state, _ = step_fn(state, batch, frozen)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, batch, frozen)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2], state
+
+
+def main(argv):
+  del argv
+  import jax
+  import jax.numpy as jnp
+  from gankd_jax import parallel, train
+  from gankd_jax.methods import build_method
+  from gankd_jax.models import vgg
+
+  config = FLAGS.config
+  config.batch_size = FLAGS.batch_size
+  config.n_dis = 2  # Step 0 updates teachers + D, step 1 only the student.
+  try:
+    method = build_method(config)
+  except ValueError as e:
+    fail(str(e))
+  mesh = parallel.make_mesh()
+  size = config.data.crop_size
+  keys = jax.random.split(jax.random.key(0), 3)
+  local = {"A": jax.random.uniform(keys[0], (FLAGS.batch_size, size, size, 3), minval=-1, maxval=1),
+           "B": jax.random.uniform(keys[1], (FLAGS.batch_size, size, size, 3), minval=-1, maxval=1)}
+  batch = parallel.global_batch(jax.device_get(local), mesh)
+  frozen = method.frozen_variables()
+  vgg_note = "VGG16 weights from file"
+  if "vgg" not in frozen and (config.loss.lambda_style or config.loss.lambda_feature):
+    frozen = {"vgg": method.vgg.init(keys[2], jnp.zeros((1, size, size, 3)))["params"]}
+    vgg_note = "VGG16 random weights (timing only)"
+  frozen = parallel.replicate(frozen, mesh)
+  state = jax.jit(method.init_state, out_shardings=parallel.replicated(mesh))(keys[2], batch)
+
+  full, state = time_step(train.make_train_step(method, mesh, method.phase(0)), state, batch, frozen,
+                          FLAGS.warmup, FLAGS.steps)
+  student, state = time_step(train.make_train_step(method, mesh, method.phase(1)), state, batch,
+                             frozen, FLAGS.warmup, FLAGS.steps)
+  print(f"{size}x{size}, batch {FLAGS.batch_size}, {mesh.size} device(s) "
+        f"({jax.devices()[0].platform}), {vgg_note}")
+  print(f"full step (teachers + D + student): {full:.3f} s   (PyTorch reference on 2 CPU cores: 12.5 s)")
+  print(f"student-only step:                  {student:.3f} s   (PyTorch reference: 6.1 s)")
+  if FLAGS.json:
+    print(json.dumps({"full_step_s": round(full, 4), "student_step_s": round(student, 4)}))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,59 @@
+"""Paired-image data: dataset sources, the pix2pix transform and the global-batch pipeline.
+
+`build_dataset(config.data, 'train' | 'eval')` gives a dataset with `num_examples`,
+`image_shape`, `get(index)` (raw uint8 pair) and `example(index, rng)` (float32 [-1, 1] pair);
+`GlobalBatchIterator` and `eval_batches` turn it into per-process numpy batches.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from gankd_jax.data.embedded import DATASET_NAME as EMBEDDED_NAME
+from gankd_jax.data.embedded import EmbeddedEdgesToPhoto
+from gankd_jax.data.paired import (AlignedFolderDataset, PairedDataset, PairTransform,
+                                   build_aligned_folder, make_pair_transform)
+from gankd_jax.data.pipeline import GlobalBatchIterator, eval_batches, num_eval_steps
+
+FOLDER_NAME = "pix2pix_folder"
+DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME)
+SPLITS = ("train", "eval", "val", "test")
+
+__all__ = [
+    "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedEdgesToPhoto", "GlobalBatchIterator",
+    "PairTransform", "PairedDataset", "build_dataset", "default_data_config", "eval_batches",
+    "num_eval_steps",
+]
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Data config with defaults: the embedded edges->photo set at 64x64."""
+    return ml_collections.ConfigDict({
+        "name": EMBEDDED_NAME,
+        "path": ml_collections.FieldReference(None, field_type=str),
+        "direction": "AtoB",
+        "load_size": ml_collections.FieldReference(None, field_type=int),  # None: crop_size
+        "crop_size": 64,
+        "flip": True,
+        "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: val, else test
+        "num_threads": 8,
+    })
+
+
+def build_dataset(data_config, split: str) -> PairedDataset:
+    """Dataset named by `data_config.name` for `split` ('train' or 'eval'; 'val'/'test' pick
+    that folder explicitly). Only 'train' applies random crop/flip."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    name = data_config.name
+    if name == EMBEDDED_NAME:
+        transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
+                                        data_config.get("flip", True), train=split == "train")
+        return EmbeddedEdgesToPhoto("train" if split == "train" else "test", transform,
+                                    direction=data_config.get("direction", "AtoB"))
+    if name == FOLDER_NAME:
+        return build_aligned_folder(
+            data_config.get("path"), split, direction=data_config.get("direction", "AtoB"),
+            crop_size=data_config.crop_size, load_size=data_config.get("load_size"),
+            flip=data_config.get("flip", True), eval_split=data_config.get("eval_split"),
+            num_threads=data_config.get("num_threads", 8))
+    raise ValueError(f"unknown data.name {name!r}; choices: {', '.join(DATASET_NAMES)}")
