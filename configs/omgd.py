@@ -42,7 +42,7 @@ def _set_networks(config, family: str, ngf_wide: int, ngf_deep: int, ngf_student
   config.teacher_deep = generator(deep, ngf_deep)
   config.student = generator(student, ngf_student)
   config.discriminator = ml_collections.ConfigDict(
-      {"ndf": ndf, "n_layers": 3, "n_share": n_share, "norm": norm})
+      {"ndf": ndf, "n_share": n_share, "norm": norm})
   config.loss.lambda_cd = lambda_cd
 
 

@@ -14,5 +14,8 @@ def parse_flags(argv):
   """absl's parser, but a bad flag or config override is a one-line error, not a usage dump."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a field that doesn't exist
+    field = str(e).strip("\"'")
+    fail(f"unknown config field '{field}' (in a --config.* override)")
+  except (flags.Error, ValueError, TypeError) as e:
     fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from gankd_jax import checkpointing, data, metrics, models, parallel, stats, visualize
+from gankd_jax import checkpointing, data, metrics, parallel, stats, visualize
 from gankd_jax.methods import Method, build_method
 from gankd_jax.data import pipeline
 
@@ -57,10 +57,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                      f"({jax.process_count()})")
   metrics.get_evaluators(config.eval.evaluators)
-  for role in ("teacher_wide", "teacher_deep", "student"):
-    if role in config:
-      models.check_image_size(config[role].name, config.data.crop_size, config[role].to_dict(),
-                              field=role)
   method = build_method(config)
   train_data = data.build_dataset(config.data, "train")
   eval_data = data.build_dataset(config.data, "eval")

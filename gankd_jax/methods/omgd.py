@@ -30,6 +30,7 @@ from gankd_jax.losses import distill, gan, image, perceptual
 from gankd_jax.methods.base import (Method, NetState, Network, adam_with_global_schedule,
                                     apply_update, linear_decay_schedule)
 from gankd_jax.models import vgg
+from gankd_jax.models.init import init_variables
 
 TEACHER_ROLES = ("teacher_wide", "teacher_deep")
 VGG_FILENAME = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet VGG16 weights.
@@ -38,7 +39,7 @@ VGG_FILENAME = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet 
 @flax.struct.dataclass
 class OMGDState:
   step: jax.Array
-  rng: jax.Array
+  rng: jax.Array  # Raw key data (uint32), for dropout when a generator has it.
   teacher_wide: NetState
   teacher_deep: NetState
   student: NetState  # params/batch_stats: {"generator": ..., "connectors": ...}
@@ -70,6 +71,23 @@ def find_vgg_weights(configured: str) -> str | None:
   return None
 
 
+def step_rng(state: OMGDState) -> jax.Array:
+  """This step's key: the same on resume, whatever the device count."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def generator_fields(generator_config: ml_collections.ConfigDict, image_size: int, role: str) -> dict:
+  """Constructor fields of a generator; a U-Net's depth defaults to log2(image size) (pix2pix)."""
+  fields = generator_config.to_dict()
+  if fields.get("name", "").startswith("unet") and "num_downs" not in fields:
+    depth = int(image_size).bit_length() - 1
+    if image_size <= 0 or 2 ** depth != image_size:
+      raise ValueError(f"data.crop_size={image_size}: the {role} U-Net needs a power-of-two image "
+                       f"size (its depth is log2 of the size), or set {role}.num_downs")
+    fields["num_downs"] = depth
+  return fields
+
+
 class OMGD(Method):
   roles = ("teacher_wide", "teacher_deep", "student", "discriminator")
 
@@ -80,10 +98,14 @@ class OMGD(Method):
       raise ValueError(f"n_dis must be >= 1, got {config.n_dis}")
     if config.loss.gan_mode not in gan.GAN_KINDS:
       raise ValueError(f"loss.gan_mode: unknown '{config.loss.gan_mode}'; choose from {', '.join(gan.GAN_KINDS)}")
-    self.generators = {
-        role: models.build_generator(**config[role]) for role in (*TEACHER_ROLES, "student")}
-    self.discriminator = models.build_discriminator(num_branches=len(TEACHER_ROLES),
-                                                    **config.discriminator)
+    size = config.data.crop_size
+    self.generators = {}
+    for role in (*TEACHER_ROLES, "student"):
+      fields = generator_fields(config[role], size, role)
+      models.check_image_size(fields["name"], size, **{k: v for k, v in fields.items() if k != "name"})
+      self.generators[role] = models.build_generator(**fields)
+    models.check_discriminator_size(size)
+    self.discriminator = models.build_discriminator(**config.discriminator)
     self.use_cd = config.loss.lambda_cd > 0
     if self.use_cd:
       self.connectors = Connectors(tuple(self.generators["teacher_wide"].feature_channels()))
@@ -130,34 +152,35 @@ class OMGD(Method):
     return NetState(params, variables.get("batch_stats", {}), self.optimizer.init(params))
 
   def init_state(self, rng: jax.Array, batch) -> OMGDState:
+    """Every network initialised as the reference's `init_net` does (models/init.py)."""
     x = batch["A"][:1]
-    keys = dict(zip(["init", *self.roles, "connectors"], jax.random.split(rng, len(self.roles) + 2)))
-    nets = {role: self.generators[role].init(keys[role], x, train=False)
+    keys = dict(zip(["state", *self.roles, "connectors"], jax.random.split(rng, len(self.roles) + 2)))
+    nets = {role: init_variables(self.generators[role], keys[role], x, train=False)
             for role in (*TEACHER_ROLES, "student")}
-    pair = jnp.concatenate([x, x], axis=-1)
-    nets["discriminator"] = self.discriminator.init(keys["discriminator"], pair, train=False)
-
+    nets["discriminator"] = init_variables(self.discriminator, keys["discriminator"],
+                                           jnp.concatenate([x, x], axis=-1), train=False)
     student = {"params": {"generator": nets["student"]["params"]},
                "batch_stats": {"generator": nets["student"].get("batch_stats", {})}}
     if self.use_cd:
-      _, feats = self.generators["student"].apply(nets["student"], x, train=False,
-                                                  return_features=True)
-      connectors = self.connectors.init(keys["connectors"], feats, train=False)
+      feats = jax.eval_shape(lambda: self.generators["student"].apply(
+          nets["student"], x, train=False, return_features=True)[1])
+      connectors = init_variables(self.connectors, keys["connectors"], feats, train=False)
       student["params"]["connectors"] = connectors["params"]
       student["batch_stats"]["connectors"] = connectors.get("batch_stats", {})
     return OMGDState(
-        step=jnp.zeros((), jnp.int32), rng=keys["init"],
+        step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(keys["state"]),
         teacher_wide=self._net_state(nets["teacher_wide"]),
         teacher_deep=self._net_state(nets["teacher_deep"]),
         student=self._net_state(student),
         discriminator=self._net_state(nets["discriminator"]))
 
   # ----------------------------------------------------------------------------- forwards
-  def _run_generator(self, role, params, batch_stats, x, *, features=False):
+  def _run_generator(self, role, params, batch_stats, x, rng, *, features=False):
     """Train-mode forward; returns (output, features or None, new batch_stats)."""
+    dropout_rng = jax.random.fold_in(rng, self.roles.index(role))
     out, updated = self.generators[role].apply(
         {"params": params, "batch_stats": batch_stats}, x, train=True,
-        return_features=features, mutable=["batch_stats"])
+        return_features=features, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     y, feats = out if features else (out, None)
     return y, feats, updated.get("batch_stats", {})
 
@@ -177,6 +200,7 @@ class OMGD(Method):
     for branch, role in enumerate(TEACHER_ROLES):
       net = getattr(state, role)
       fake, feats, stats = self._run_generator(role, teacher_params[role], net.batch_stats, x,
+                                               step_rng(state),
                                                features=self.use_cd and role == "teacher_wide")
       logits, d_stats = self._run_discriminator(d.params, d_stats, jnp.concatenate([x, fake], -1), branch)
       adversarial = gan.generator_loss(cfg.gan_mode, logits)
@@ -199,11 +223,12 @@ class OMGD(Method):
       metrics[f"discriminator/{role}"] = loss
     return total, (metrics, d_stats)
 
-  def _student_loss(self, student_params, student_stats, x, targets, wide_feats, frozen):
+  def _student_loss(self, student_params, student_stats, x, targets, wide_feats, frozen, rng):
     """KD from both teacher outputs (no D, no ground truth) + channel distillation."""
     cfg = self.loss_cfg
     fake, feats, gen_stats = self._run_generator(
-        "student", student_params["generator"], student_stats["generator"], x, features=self.use_cd)
+        "student", student_params["generator"], student_stats["generator"], x, rng,
+        features=self.use_cd)
     new_stats = {"generator": gen_stats}
     use_vgg = "vgg" in frozen
     if use_vgg:
@@ -252,7 +277,7 @@ class OMGD(Method):
       outputs = {}
       for role in TEACHER_ROLES:
         net = getattr(state, role)
-        outputs[role] = self._run_generator(role, net.params, net.batch_stats, x,
+        outputs[role] = self._run_generator(role, net.params, net.batch_stats, x, step_rng(state),
                                             features=self.use_cd and role == "teacher_wide")
       new_teachers = {role: getattr(state, role).replace(batch_stats=outputs[role][2])
                       for role in TEACHER_ROLES}
@@ -262,7 +287,8 @@ class OMGD(Method):
     wide_feats = jax.lax.stop_gradient(outputs["teacher_wide"][1])
     (student_total, (student_metrics, student_stats, _)), student_grads = jax.value_and_grad(
         self._student_loss, has_aux=True)(
-            state.student.params, state.student.batch_stats, x, targets, wide_feats, frozen)
+            state.student.params, state.student.batch_stats, x, targets, wide_feats, frozen,
+            step_rng(state))
     metrics.update(student_metrics, **{"student/total": student_total})
     new_student = apply_update(state.student, student_grads, student_stats, self.optimizer, lr)
 

@@ -1,0 +1,268 @@
+"""Building blocks shared by the OMGD generators and discriminators.
+
+Everything here reproduces the PyTorch pix2pix / gan-compression / OMGD layers numerically:
+zero or reflection padding done explicitly (so the padded border takes part in the
+normalisation statistics exactly as in the reference), N(0, 0.02) weight init, BatchNorm with
+PyTorch's momentum / epsilon, InstanceNorm without affine parameters, and transposed
+convolutions with PyTorch's ``ConvTranspose2d`` geometry.
+
+Transposed convolutions are computed by an exact sub-pixel decomposition: for stride 2 every
+output phase (row parity, column parity) is an ordinary small convolution of the input, so one
+stride-1 convolution producing ``4 * C_out`` channels followed by depth-to-space gives the same
+result as PyTorch's ``ConvTranspose2d`` without the 4x wasted work of an lhs-dilated
+convolution on XLA:CPU. The kernel is stored as ``(kh, kw, in, out)`` where
+``kernel[a, b, i, o] == torch_weight[i, o, a, b]``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WEIGHT_INIT = nn.initializers.normal(stddev=0.02)
+NORM_TYPES = ("batch", "instance")
+
+
+def bn_scale_init(key, shape, dtype=jnp.float32):
+    """BatchNorm scale ~ N(1, 0.02), as pix2pix ``init_weights('normal', 0.02)``."""
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def check_norm(norm: str) -> str:
+    """Validate a norm name early, with a one-line message."""
+    if norm not in NORM_TYPES:
+        raise ValueError(f"unknown norm '{norm}'; choose from {', '.join(NORM_TYPES)}")
+    return norm
+
+
+def conv_bias_for(norm: str) -> bool:
+    """The reference puts biases on convs only when the norm has no affine shift (instance)."""
+    return check_norm(norm) == "instance"
+
+
+def leaky_relu(x):
+    """LeakyReLU(0.2) used by the U-Net encoder and the PatchGAN."""
+    return nn.leaky_relu(x, negative_slope=0.2)
+
+
+def instance_norm(x, eps: float = 1e-5):
+    """InstanceNorm2d(affine=False): per sample and channel over H, W (biased variance)."""
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def reflect_pad(x, pad: int):
+    """ReflectionPad2d(pad) on an NHWC tensor."""
+    if pad == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+class Norm(nn.Module):
+    """The reference ``norm_layer``: BatchNorm2d (affine, running stats) or InstanceNorm2d."""
+
+    kind: str = "batch"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = True):
+        if check_norm(self.kind) == "instance":
+            return instance_norm(x)
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            scale_init=bn_scale_init, bias_init=nn.initializers.zeros, name="bn")(x)
+
+
+class Conv(nn.Module):
+    """Conv2d with PyTorch-style symmetric zero padding and N(0, 0.02) init."""
+
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    groups: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(
+            self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
+            padding=[(self.padding, self.padding)] * 2, use_bias=self.use_bias,
+            feature_group_count=self.groups, kernel_init=WEIGHT_INIT,
+            bias_init=nn.initializers.zeros, name="conv")(x)
+
+
+def phase_taps(kernel: int, padding: int, phase: int) -> list[tuple[int, int]]:
+    """(input offset, kernel index) pairs feeding output row ``2 * m + phase`` of a stride-2
+    transposed conv: output ``o = 2 * i - padding + k`` so ``i = m + offset``."""
+    taps = []
+    for k in range(kernel):
+        shifted = phase + padding - k
+        if shifted % 2 == 0:
+            taps.append((shifted // 2, k))
+    return taps
+
+
+def subpixel_geometry(kernel: int, padding: int):
+    """Static index tables for the sub-pixel form of a stride-2 transposed conv.
+
+    Returns ``(lo, hi, index)``: the input window spans offsets ``lo..hi`` (pad ``-lo`` before,
+    ``hi`` after), and ``index[phase, window_pos]`` is the kernel tap or ``kernel`` (a zero tap).
+    """
+    taps = [phase_taps(kernel, padding, phase) for phase in (0, 1)]
+    offsets = [off for phase_list in taps for off, _ in phase_list]
+    lo, hi = min(offsets), max(offsets)
+    index = np.full((2, hi - lo + 1), kernel, dtype=np.int32)
+    for phase, phase_list in enumerate(taps):
+        for off, k in phase_list:
+            index[phase, off - lo] = k
+    return lo, hi, index
+
+
+def transposed_output_size(size: int, kernel: int, padding: int, output_padding: int) -> int:
+    """PyTorch ConvTranspose2d output length for stride 2."""
+    return (size - 1) * 2 - 2 * padding + kernel + output_padding
+
+
+def subpixel_kernel(kernel_hwio, padding: int):
+    """Rearrange a ``(k, k, in, out)`` transposed-conv kernel into the stride-1 kernel
+    ``(win, win, in, 4 * out)`` whose output channels are ordered (row phase, col phase, out)."""
+    k = kernel_hwio.shape[0]
+    lo, hi, index = subpixel_geometry(k, padding)
+    padded = jnp.pad(kernel_hwio, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index k -> zero tap
+    # gathered[py, wy, px, wx, in, out]
+    gathered = padded[index[:, :, None, None], index[None, None, :, :]]
+    win = hi - lo + 1
+    c_in, c_out = kernel_hwio.shape[2], kernel_hwio.shape[3]
+    return gathered.transpose(1, 3, 4, 0, 2, 5).reshape(win, win, c_in, 4 * c_out)
+
+
+def depth_to_space2(y, c_out: int):
+    """(N, H, W, (2, 2, C)) -> (N, 2H, 2W, C) with channel order (row phase, col phase, C)."""
+    n, h, w, _ = y.shape
+    y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, c_out)
+
+
+def conv_transpose_subpixel(x, kernel_hwio, padding: int, output_padding: int):
+    """Exact PyTorch ``ConvTranspose2d(stride=2)`` (weights ``kernel[a,b,i,o] = w[i,o,a,b]``)
+    as one stride-1 conv + depth-to-space. Supports geometries whose output is ``2 * size``."""
+    k = kernel_hwio.shape[0]
+    for size in x.shape[1:3]:
+        if transposed_output_size(size, k, padding, output_padding) != 2 * size:
+            raise ValueError(
+                f"transposed conv k={k} p={padding} op={output_padding} does not double size {size}")
+    lo, hi, _ = subpixel_geometry(k, padding)
+    y = jax.lax.conv_general_dilated(
+        x, subpixel_kernel(kernel_hwio, padding).astype(x.dtype), window_strides=(1, 1),
+        padding=[(-lo, hi)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return depth_to_space2(y, kernel_hwio.shape[3])
+
+
+def conv_transpose_dilated(x, kernel_hwio, padding: int, output_padding: int):
+    """The same PyTorch ``ConvTranspose2d(stride=2)`` as an lhs-dilated conv with a flipped
+    kernel (the textbook form; kept as the reference the sub-pixel form is tested against)."""
+    k = kernel_hwio.shape[0]
+    flipped = kernel_hwio[::-1, ::-1]
+    before, after = k - 1 - padding, k - 1 - padding + output_padding
+    return jax.lax.conv_general_dilated(
+        x, flipped.astype(x.dtype), window_strides=(1, 1), padding=[(before, after)] * 2,
+        lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+_TEXTBOOK_CONV_TRANSPOSE = contextvars.ContextVar("textbook_conv_transpose", default=False)
+
+
+@contextlib.contextmanager
+def textbook_conv_transpose():
+    """While tracing inside this context, ConvTranspose uses the lhs-dilated form.
+
+    Same numbers, slower; used to count MACs the way torchprofile (and so the papers) counts a
+    transposed conv: output elements x kernel taps x input channels.
+    """
+    token = _TEXTBOOK_CONV_TRANSPOSE.set(True)
+    try:
+        yield
+    finally:
+        _TEXTBOOK_CONV_TRANSPOSE.reset(token)
+
+
+class ConvTranspose(nn.Module):
+    """PyTorch ``ConvTranspose2d(in, features, kernel, stride=2, padding, output_padding)``."""
+
+    features: int
+    kernel: int
+    padding: int
+    output_padding: int = 0
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", WEIGHT_INIT, (self.kernel, self.kernel, x.shape[-1], self.features))
+        impl = (conv_transpose_dilated if _TEXTBOOK_CONV_TRANSPOSE.get()
+                else conv_transpose_subpixel)
+        y = impl(x, w, self.padding, self.output_padding)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+class SeparableConv(nn.Module):
+    """gan-compression ``SeparableConv2d``: depthwise conv, InstanceNorm, pointwise 1x1.
+
+    The reference hard-codes InstanceNorm and biases inside it, whatever the generator norm.
+    Padding is applied by the caller (reflection) so ``padding`` here is the conv's zero pad.
+    """
+
+    features: int
+    kernel: int = 3
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x):
+        c_in = x.shape[-1]
+        x = Conv(c_in, self.kernel, padding=self.padding, groups=c_in, name="depthwise")(x)
+        x = instance_norm(x)
+        return Conv(self.features, 1, name="pointwise")(x)
+
+
+def dropout(module: nn.Module, x, rate: float, train: bool):
+    """nn.Dropout(rate) that only asks for a 'dropout' rng when it would actually drop."""
+    if not train or rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree."""
+    return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+
+class ExpansionBlock(nn.Module):
+    """OMGD deep-teacher residual block (``ExpansionResnetBlock`` / deep U-Net ``ResnetBlock``).
+
+    Reflection pad 1, 1x1 conv C->4C, norm, ReLU, 3x3 conv (no pad) 4C->4C, norm, ReLU,
+    1x1 conv 4C->C, norm, ReLU, dropout, reflection pad 1, 3x3 conv C->C, norm; plus identity.
+    The reference pads *before* the first 1x1 conv, so its norm sees the padded border: kept.
+    """
+
+    norm: str
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = True):
+        c, bias = x.shape[-1], conv_bias_for(self.norm)
+        h = reflect_pad(x, 1)
+        h = nn.relu(Norm(self.norm)(Conv(4 * c, 1, use_bias=bias)(h), train=train))
+        h = nn.relu(Norm(self.norm)(Conv(4 * c, 3, use_bias=bias)(h), train=train))
+        h = nn.relu(Norm(self.norm)(Conv(c, 1, use_bias=bias)(h), train=train))
+        h = dropout(self, h, self.dropout_rate, train)
+        h = Norm(self.norm)(Conv(c, 3, use_bias=bias)(reflect_pad(h, 1)), train=train)
+        return x + h
