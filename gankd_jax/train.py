@@ -280,6 +280,7 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
           pending_metrics = []
           _check_finite(step, means)
           writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+          _log_progress(step, config.num_train_steps, start_step, start_time, means)
         if checkpoint_now:
           checkpointing.save(manager, step, state)
         if step % config.eval_every == 0 and step != config.num_train_steps:
@@ -299,6 +300,16 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
   writer.flush()
   manager.close()
   return summary
+
+
+def _log_progress(step: int, total: int, start_step: int, start_time: float,
+                  means: dict[str, float]) -> None:
+  elapsed = time.time() - start_time
+  rate = (step - start_step) / max(elapsed, 1e-9)
+  eta = (total - step) / max(rate, 1e-9)
+  losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(means.items()) if k.endswith("total"))
+  logging.info("step %d/%d  %.2f steps/s  ETA %dm%02ds  %s", step, total, rate, eta // 60,
+               eta % 60, losses)
 
 
 def _mean_metrics(per_step: list[dict[str, Any]]) -> dict[str, float]:

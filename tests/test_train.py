@@ -95,13 +95,20 @@ def test_student_only_phase_leaves_teachers_and_discriminator_parameters():
 def test_one_device_equals_eight_devices():
   assert jax.device_count() >= 8
   config = tiny_config()
-  state_1, _ = run_steps(config, parallel.make_mesh(1), 3)
-  state_8, _ = run_steps(config, parallel.make_mesh(8), 3)
+  state_1, history_1 = run_steps(config, parallel.make_mesh(1), 3)
+  state_8, history_8 = run_steps(config, parallel.make_mesh(8), 3)
+  for metrics_1, metrics_8 in zip(history_1, history_8):
+    for name, value in metrics_1.items():
+      np.testing.assert_allclose(value, metrics_8[name], rtol=1e-4, atol=1e-6, err_msg=name)
+  # Adam turns a near-zero gradient into a step of about +-lr, so reduction-order noise in such
+  # a gradient can move a parameter by up to 2 lr; everything else agrees far more closely.
+  lr = config.optimizer.lr
   flat_1 = jax.tree_util.tree_leaves_with_path(state_1)
   flat_8 = jax.tree_util.tree_leaves(state_8)
   for (path, a), b in zip(flat_1, flat_8):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-4,
-                               atol=2e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4,
+                               atol=2 * lr, err_msg=jax.tree_util.keystr(path))
+    assert np.mean(np.abs(np.asarray(a, np.float64) - b)) < 1e-3 * lr + 1e-7, jax.tree_util.keystr(path)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
