@@ -184,44 +184,83 @@ class OMGD(Method):
     y, feats = out if features else (out, None)
     return y, feats, updated.get("batch_stats", {})
 
-  def _run_discriminator(self, params, batch_stats, pair, branch):
-    (logits,), updated = self.discriminator.apply(
-        {"params": params, "batch_stats": batch_stats}, pair, train=True, branches=(branch,),
+  def _run_discriminator(self, params, batch_stats, pair, branches):
+    logits, updated = self.discriminator.apply(
+        {"params": params, "batch_stats": batch_stats}, pair, train=True, branches=branches,
         mutable=["batch_stats"])
     return logits, updated.get("batch_stats", {})
 
   # ----------------------------------------------------------------------------- losses
-  def _teacher_loss(self, teacher_params, state: OMGDState, x, y):
-    """Adversarial + L1 loss of both teachers against the (fixed) current discriminator."""
+  def _teacher_losses(self, fake_logits, fakes, y):
+    """Each teacher: lambda_gan * GAN(D_branch(x, T(x))) + lambda_recon * L1(T(x), y)."""
     cfg = self.loss_cfg
-    d = state.discriminator
-    d_stats = d.batch_stats
-    total, metrics, outputs = 0.0, {}, {}
-    for branch, role in enumerate(TEACHER_ROLES):
-      net = getattr(state, role)
-      fake, feats, stats = self._run_generator(role, teacher_params[role], net.batch_stats, x,
-                                               step_rng(state),
-                                               features=self.use_cd and role == "teacher_wide")
-      logits, d_stats = self._run_discriminator(d.params, d_stats, jnp.concatenate([x, fake], -1), branch)
-      adversarial = gan.generator_loss(cfg.gan_mode, logits)
-      recon = image.l1(fake, y)
+    total, metrics = 0.0, {}
+    for role in TEACHER_ROLES:
+      adversarial = gan.generator_loss(cfg.gan_mode, fake_logits[role])
+      recon = image.l1(fakes[role], y)
       total += cfg.lambda_gan * adversarial + cfg.lambda_recon * recon
       metrics[f"{role}/gan"] = adversarial
       metrics[f"{role}/recon_l1"] = recon
-      outputs[role] = (fake, feats, stats)
-    return total, (metrics, outputs)
+    return total, metrics
 
-  def _discriminator_loss(self, d_params, d_stats, x, y, fakes):
-    real_pair = jnp.concatenate([x, y], -1)
+  def _discriminator_losses(self, real_logits, fake_logits):
+    """Per branch 0.5 (real + fake), summed over branches (`backward_D_teacher`)."""
     total, metrics = 0.0, {}
-    for branch, role in enumerate(TEACHER_ROLES):
-      fake_logits, d_stats = self._run_discriminator(
-          d_params, d_stats, jnp.concatenate([x, fakes[role]], -1), branch)
-      real_logits, d_stats = self._run_discriminator(d_params, d_stats, real_pair, branch)
-      loss = gan.discriminator_loss(self.loss_cfg.gan_mode, real_logits, fake_logits)
+    for role, real in zip(TEACHER_ROLES, real_logits):
+      loss = gan.discriminator_loss(self.loss_cfg.gan_mode, real, fake_logits[role])
       total += loss
       metrics[f"discriminator/{role}"] = loss
-    return total, (metrics, d_stats)
+    return total, metrics
+
+  def _adversarial_gradients(self, state: OMGDState, x, y):
+    """Teacher and discriminator gradients from ONE forward of each network.
+
+    The reference forwards D on each fake pair twice (for the teachers' loss and for D's own)
+    and on the real pair once per branch; those forwards are identical, so here each runs once
+    and two backward passes (jax.vjp) take the two losses' gradients from it.
+    """
+    d = state.discriminator
+    rng = step_rng(state)
+
+    def teachers_forward(params):
+      fakes, aux = {}, {}
+      for role in TEACHER_ROLES:
+        fakes[role], feats, stats = self._run_generator(
+            role, params[role], getattr(state, role).batch_stats, x, rng,
+            features=self.use_cd and role == "teacher_wide")
+        aux[role] = (feats, stats)
+      return fakes, aux
+
+    def discriminate_fakes(d_params, fakes):
+      logits, stats = {}, d.batch_stats
+      for branch, role in enumerate(TEACHER_ROLES):
+        (logits[role],), stats = self._run_discriminator(
+            d_params, stats, jnp.concatenate([x, fakes[role]], -1), (branch,))
+      return logits, stats
+
+    teacher_params = {role: getattr(state, role).params for role in TEACHER_ROLES}
+    fakes, teachers_vjp, teacher_aux = jax.vjp(teachers_forward, teacher_params, has_aux=True)
+    fake_logits, fakes_vjp, _ = jax.vjp(discriminate_fakes, d.params, fakes, has_aux=True)
+    real_logits, real_vjp, d_stats = jax.vjp(
+        lambda p: self._run_discriminator(p, d.batch_stats, jnp.concatenate([x, y], -1),
+                                          tuple(range(len(TEACHER_ROLES)))),
+        d.params, has_aux=True)
+
+    (teacher_total, teacher_metrics), (dt_dlogits, dt_dfakes) = jax.value_and_grad(
+        self._teacher_losses, argnums=(0, 1), has_aux=True)(fake_logits, fakes, y)
+    (d_total, d_metrics), (dd_dreal, dd_dfake) = jax.value_and_grad(
+        self._discriminator_losses, argnums=(0, 1), has_aux=True)(real_logits, fake_logits)
+
+    d_grads_fake, _ = fakes_vjp(dd_dfake)  # D sees the fakes as constants (`.detach()`).
+    (d_grads_real,) = real_vjp(dd_dreal)
+    d_grads = jax.tree_util.tree_map(jnp.add, d_grads_fake, d_grads_real)
+    _, adversarial_dfakes = fakes_vjp(dt_dlogits)  # Through the fixed D into the images.
+    (teacher_grads,) = teachers_vjp(jax.tree_util.tree_map(jnp.add, dt_dfakes, adversarial_dfakes))
+
+    metrics = {**teacher_metrics, **d_metrics, "teachers/total": teacher_total,
+               "discriminator/total": d_total}
+    outputs = {role: (fakes[role], *teacher_aux[role]) for role in TEACHER_ROLES}
+    return outputs, teacher_grads, (d_grads, d_stats), metrics
 
   def _student_loss(self, student_params, student_stats, x, targets, wide_feats, frozen, rng):
     """KD from both teacher outputs (no D, no ground truth) + channel distillation."""
@@ -259,16 +298,10 @@ class OMGD(Method):
     metrics = {"learning_rate": lr}
     update_teachers = phase
 
-    teacher_params = {role: getattr(state, role).params for role in TEACHER_ROLES}
     if update_teachers:
-      (teacher_total, (teacher_metrics, outputs)), teacher_grads = jax.value_and_grad(
-          self._teacher_loss, has_aux=True)(teacher_params, state, x, y)
-      fakes = {role: jax.lax.stop_gradient(outputs[role][0]) for role in TEACHER_ROLES}
-      (d_total, (d_metrics, d_stats)), d_grads = jax.value_and_grad(
-          self._discriminator_loss, has_aux=True)(
-              state.discriminator.params, state.discriminator.batch_stats, x, y, fakes)
-      metrics.update(teacher_metrics, **d_metrics, **{"discriminator/total": d_total,
-                                                      "teachers/total": teacher_total})
+      outputs, teacher_grads, (d_grads, d_stats), adversarial_metrics = self._adversarial_gradients(
+          state, x, y)
+      metrics.update(adversarial_metrics)
       new_teachers = {role: apply_update(getattr(state, role), teacher_grads[role],
                                          outputs[role][2], self.optimizer, lr)
                       for role in TEACHER_ROLES}
