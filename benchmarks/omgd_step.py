@@ -66,10 +66,12 @@ def main(argv):
            "B": jax.random.uniform(keys[1], (FLAGS.batch_size, size, size, 3), minval=-1, maxval=1)}
   batch = parallel.global_batch(jax.device_get(local), mesh)
   frozen = method.frozen_variables()
-  vgg_note = "VGG16 weights from file"
-  if "vgg" not in frozen and (config.loss.lambda_style or config.loss.lambda_feature):
+  vgg_note = "VGG16 terms on, weights from file"
+  if not (config.loss.lambda_style or config.loss.lambda_feature):
+    frozen, vgg_note = {}, "VGG16 terms off"
+  elif "vgg" not in frozen:
     frozen = {"vgg": method.vgg.init(keys[2], jnp.zeros((1, size, size, 3)))["params"]}
-    vgg_note = "VGG16 random weights (timing only)"
+    vgg_note = "VGG16 terms on, random VGG weights (timing only)"
   frozen = parallel.replicate(frozen, mesh)
   state = jax.jit(method.init_state, out_shardings=parallel.replicated(mesh))(keys[2], batch)
 

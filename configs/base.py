@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.eval_every = 500            # Also evaluated at step 0 and at the end.
 
+  # Fault-injection test hook, never for real runs: training step k (counted from 1, as in the
+  # logs) gets a batch of NaNs, so its losses are NaN and the run must stop. -1: never.
+  config.debug_nan_step = -1
+
   config.eval = ml_collections.ConfigDict()
   config.eval.evaluators = ("paired",)  # Keys in gankd_jax.metrics.EVALUATORS.
   config.eval.batch_size = 16
