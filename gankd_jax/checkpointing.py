@@ -3,10 +3,16 @@
 A workdir belongs to one config. Starting again on it resumes from the latest checkpoint, which is
 only allowed when the config agrees on everything that shapes the run; fields that only change how
 long or how verbosely it runs (RESUMABLE_FIELDS) may differ.
+
+Paths go through `etils.epath`, so a workdir may be local or a URL such as `gs://bucket/run` (TPU
+pods). Orbax commits a checkpoint atomically (a temporary directory renamed on commit, or a commit
+file on GCS), so a process killed mid-write leaves an uncommitted directory that is ignored and
+removed when the next run opens the workdir.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -14,13 +20,17 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "num_devices", "eval.batch_size", "eval.max_examples", "eval.num_sample_images",
-    "data.num_threads", "optimizer.constant_steps", "optimizer.decay_steps",
+    "data.num_threads", "optimizer.constant_steps", "optimizer.decay_steps", "debug_nan_step",
 })
+# Fault-injection test hook: seconds to wait inside every checkpoint commit, after the files are
+# written and before the commit, so a test can kill the run while a checkpoint is incomplete.
+COMMIT_DELAY_ENV = "GANKD_DEBUG_CHECKPOINT_COMMIT_DELAY_S"
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -37,16 +47,21 @@ def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+def as_path(workdir: str) -> epath.Path:
+  """A local path made absolute (orbax needs that), or a URL such as gs://... left as it is."""
+  path = epath.Path(workdir)
+  return path if "://" in str(workdir) else path.absolute()
+
+
 def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Raises if `workdir` holds a run of another config; returns whether it holds a run at all."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  path = as_path(workdir) / CONFIG_FILE
+  if not path.exists():
+    if (as_path(workdir) / "checkpoints").is_dir():
       raise ValueError(f"{workdir} holds checkpoints but no {CONFIG_FILE}; use a new --workdir")
     return False
   try:
-    with open(path) as f:
-      stored = _flatten(json.load(f))
+    stored = _flatten(json.loads(path.read_text()))
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{path} is unreadable ({e}); use a new --workdir") from None
   fresh = _flatten(config_as_dict(config))
@@ -59,21 +74,40 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> boo
   return True
 
 
+def write_text_atomically(path: epath.Path, text: str) -> None:
+  """Writes a sibling temporary file and renames it, so readers never see half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(config_as_dict(config), f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+  write_text_atomically(as_path(workdir) / CONFIG_FILE,
+                        json.dumps(config_as_dict(config), indent=2, sort_keys=True))
+
+
+class _SlowCommitPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Local atomic-rename commit that first sleeps COMMIT_DELAY_ENV seconds (tests only)."""
+
+  async def finalize(self, *args, **kwargs):
+    await asyncio.sleep(float(os.environ[COMMIT_DELAY_ENV]))
+    return await super().finalize(*args, **kwargs)
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Async manager keeping the last `keep` checkpoints under DIR/checkpoints."""
+  """Async manager keeping the last `keep` checkpoints under DIR/checkpoints.
+
+  Uncommitted checkpoints left by a killed run are never listed as steps, and are deleted here.
+  """
+  slow_commit = _SlowCommitPath if os.environ.get(COMMIT_DELAY_ENV) else None
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+                                         enable_async_checkpointing=True,
+                                         cleanup_tmp_directories=True,
+                                         temporary_path_class=slow_commit)
+  return ocp.CheckpointManager(as_path(workdir) / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:

@@ -2,6 +2,11 @@
 
 Config fields are overridden with `--config.a.b=value`; variants are chosen with
 `--config=configs/omgd.py:NAME`. Running again on the same workdir resumes the run.
+
+Multi-process runs (one process per host) call `jax.distributed.initialize`: with `--distributed`
+alone where JAX finds the cluster itself (Cloud TPU VMs, SLURM, Open MPI), or with
+`--coordinator_address --num_processes --process_id` elsewhere. Exit status: 0 when done or stopped
+by SIGTERM (with a checkpoint; run again to resume), 1 on a NaN/Inf loss, 2 on bad input.
 """
 
 from absl import app, flags, logging
@@ -17,6 +22,9 @@ flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for multi-process runs (not needed on Cloud TPU).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "Index of this process in a multi-process run.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() even without the three flags above, letting JAX "
+                  "find the coordinator, process count and index (Cloud TPU pods, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -24,11 +32,13 @@ def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   import jax
-  if FLAGS.coordinator_address or FLAGS.num_processes:
+  if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
+    # Flags left unset are found by JAX's cluster detection.
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   from gankd_jax import train
-  logging.set_verbosity(logging.INFO)
+  # Only process 0 logs progress; the others report warnings and errors only.
+  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   try:
     run = train.prepare(FLAGS.config, FLAGS.workdir)
   except ValueError as e:

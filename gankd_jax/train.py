@@ -4,13 +4,17 @@
 initialises or resumes, trains with periodic logging / evaluation / checkpoints, and writes
 `workdir/summary.json`. The loop knows no method: it asks the method for its state, its step
 variants (`phase`), its generators' outputs and its networks.
+
+Multi-host: every process runs this same loop on its share of each global batch; only process 0
+writes files other than checkpoints (which orbax writes collectively). Faults: SIGTERM stops every
+process at one agreed step with a checkpoint; a NaN/Inf loss or parameter stops the run before
+anything broken is saved; a killed run resumes from its latest committed checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from typing import Any
@@ -21,6 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
 from gankd_jax import checkpointing, data, metrics, parallel, stats, visualize
 from gankd_jax.methods import Method, build_method
@@ -92,8 +97,11 @@ def make_eval_step(method: Method, mesh, evaluators):
 
 
 # --------------------------------------------------------------------------------- evaluation
-def evaluate(run: Run, eval_step, state, step: int, writer) -> dict[str, dict[str, float]]:
-  """Mean of every per-example metric over the evaluation split; writes a sample grid."""
+def evaluate(run: Run, eval_step, state, step: int, writer) -> dict[str, Any]:
+  """Mean of every per-example metric over the evaluation split, as an evals.jsonl record.
+
+  Every process computes it; process 0 writes the scalars and the sample grid.
+  """
   cfg = run.config.eval
   batch_size = -(-cfg.batch_size // run.mesh.size) * run.mesh.size
   sums: dict[str, float] = {}
@@ -117,12 +125,10 @@ def evaluate(run: Run, eval_step, state, step: int, writer) -> dict[str, dict[st
   if jax.process_index() == 0:
     writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result).items()})
     grid = visualize.image_grid(sample_columns)
-    visualize.save_png(grid, os.path.join(run.workdir, "samples", f"step_{step:07d}.png"))
+    visualize.save_png(grid, checkpointing.as_path(run.workdir) / "samples" / f"step_{step:07d}.png")
     writer.write_images(step, {"samples": grid[None]})
-    with open(os.path.join(run.workdir, EVALS_FILE), "a") as f:
-      f.write(json.dumps({"step": step, "num_examples": count, **result}) + "\n")
   logging.info("eval at step %d over %d examples: %s", step, count, _format_eval(result))
-  return result
+  return {"step": step, "num_examples": count, **result}
 
 
 def _flat(result: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -135,11 +141,30 @@ def _format_eval(result) -> str:
 
 
 def read_evals(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, EVALS_FILE)
-  if not os.path.exists(path):
+  path = checkpointing.as_path(workdir) / EVALS_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class EvalHistory:
+  """The run's evaluations in memory; process 0 mirrors them to evals.jsonl.
+
+  On resume process 0 reads the earlier ones (up to the resumed step: later ones belong to work
+  that was lost and is redone). The file is rewritten whole on each evaluation (GCS cannot append).
+  """
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = checkpointing.as_path(workdir) / EVALS_FILE
+    self.is_writer = jax.process_index() == 0
+    earlier = read_evals(workdir) if self.is_writer and start_step > 0 else []
+    self.records = [r for r in earlier if r["step"] <= start_step]
+
+  def add(self, record: dict[str, Any]) -> None:
+    self.records = [r for r in self.records if r["step"] < record["step"]] + [record]
+    if self.is_writer:
+      checkpointing.write_text_atomically(
+          self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
 
 # --------------------------------------------------------------------------------- summary
@@ -155,8 +180,8 @@ def network_stats(method: Method, state) -> dict[str, dict[str, Any]]:
   return result
 
 
-def write_summary(run: Run, state, step: int, wall_time_s: float, steps_this_run: int) -> dict:
-  evals = read_evals(run.workdir)
+def write_summary(run: Run, state, step: int, wall_time_s: float, steps_this_run: int,
+                  evals: list[dict[str, Any]]) -> dict:
   summary = {
       "method": run.config.method,
       "networks": network_stats(run.method, state),
@@ -173,16 +198,14 @@ def write_summary(run: Run, state, step: int, wall_time_s: float, steps_this_run
       "processes": jax.process_count(),
   }
   if jax.process_index() == 0:
-    tmp = os.path.join(run.workdir, SUMMARY_FILE + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(run.workdir, SUMMARY_FILE))
+    checkpointing.write_text_atomically(checkpointing.as_path(run.workdir) / SUMMARY_FILE,
+                                        json.dumps(summary, indent=2))
   return summary
 
 
 # --------------------------------------------------------------------------------- the loop
 class _StopSignal:
-  """Turns SIGTERM into a request to checkpoint and exit at the next step boundary."""
+  """Turns SIGTERM into a request to checkpoint and stop (see `_stop_agreed`)."""
 
   def __init__(self):
     self.requested = False
@@ -196,7 +219,7 @@ class _StopSignal:
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM: checkpointing and stopping at the next step")
+    logging.warning("SIGTERM: will checkpoint and stop at the next agreed step")
     self.requested = True
 
   def __exit__(self, *exc):
@@ -204,11 +227,55 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(step: int, values: dict[str, float]) -> None:
-  for name, value in values.items():
-    if not np.isfinite(value):
-      raise NonFiniteLossError(
-          f"loss '{name}' is {value} at step {step}; stopped, the last good checkpoint is kept")
+def _stop_agreed(requested: bool, sync_point: bool) -> bool:
+  """Whether to stop after this step; every process gets the same answer.
+
+  One process: its own flag, at every step. Several: the OR of all processes' flags, gathered only
+  at sync points (logging and checkpoint steps, the same on every process), as a gather costs a
+  host round trip and stalls asynchronous dispatch. So a run of several processes stops within
+  `log_every` steps of a SIGTERM: keep that shorter than the preemption grace period.
+  """
+  if jax.process_count() == 1:
+    return requested
+  if not sync_point:
+    return False
+  return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
+
+
+def _check_finite_losses(first_step: int, per_step: list[dict[str, float]]) -> None:
+  """Raises naming the first non-finite loss and its step (`per_step[0]` is `first_step`)."""
+  for offset, values in enumerate(per_step):
+    for name in sorted(values):
+      if not np.isfinite(values[name]):
+        raise NonFiniteLossError(f"loss '{name}' is {values[name]} at step {first_step + offset}; "
+                                 "stopped, the last good checkpoint is kept")
+
+
+def _float_leaves(tree) -> list[tuple[Any, jax.Array]]:
+  return [(path, x) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+          if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+@jax.jit
+def _finite_leaves(tree) -> jax.Array:
+  """One flag per floating-point leaf of `tree`: one reduction each, one small transfer."""
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for _, x in _float_leaves(tree)])
+
+
+def _check_finite_state(step: int, state) -> None:
+  """Raises naming the first parameter (or optimiser / running statistic) that is not finite."""
+  finite = np.asarray(jax.device_get(_finite_leaves(state)))
+  if not finite.all():
+    path = _float_leaves(state)[int(np.argmin(finite))][0]
+    raise NonFiniteLossError(f"state leaf {jax.tree_util.keystr(path)} is not finite at step "
+                             f"{step}; stopped, the last good checkpoint is kept")
+
+
+@jax.jit
+def _poisoned(batch):
+  """Fault injection (config.debug_nan_step): the batch times NaN, so every loss becomes NaN."""
+  return jax.tree_util.tree_map(
+      lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.inexact) else x, batch)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -221,8 +288,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return train(prepare(config, workdir), stop_after_steps=stop_after_steps)
 
 
+def _init_or_restore(run: Run, manager, example_batch):
+  """The latest committed checkpoint on this run's mesh (any process count), else a fresh state."""
+  init, abstract_state = compile_init(run, example_batch)
+  latest = manager.latest_step()
+  if latest is None:
+    return init(jax.random.key(run.config.seed), example_batch), 0
+  abstract_state = jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(run.mesh)),
+      abstract_state)
+  logging.info("resuming from %s at step %d", manager.directory, latest)
+  return checkpointing.restore(manager, latest, abstract_state), latest
+
+
 def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
   """The loop proper, on a prepared (validated) run."""
+  with _StopSignal() as stop_signal:
+    return _train(run, stop_signal, stop_after_steps)
+
+
+def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> dict:
   config, workdir = run.config, run.workdir
   for note in run.method.notes():
     logging.warning("%s", note) if "off" in note else logging.info("%s", note)
@@ -232,28 +317,18 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
 
   example = next(iter(pipeline.eval_batches(run.eval_data, 1, 0, 1, max_examples=1)))
   example_batch = {k: jnp.asarray(v) for k, v in example.items() if k != "mask"}
-  init, abstract_state = compile_init(run, example_batch)
-  latest = manager.latest_step()
-  if latest is not None:
-    abstract_state = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(run.mesh)),
-        abstract_state)
-    state = checkpointing.restore(manager, latest, abstract_state)
-    start_step = latest
-    logging.info("resumed from %s at step %d", manager.directory, latest)
-  else:
-    state = init(jax.random.key(config.seed), example_batch)
-    start_step = 0
+  state, start_step = _init_or_restore(run, manager, example_batch)
   frozen = parallel.replicate(run.method.frozen_variables(), run.mesh)
 
   evaluators = metrics.get_evaluators(config.eval.evaluators)
   eval_step = make_eval_step(run.method, run.mesh, evaluators)
+  evals = EvalHistory(workdir, start_step)
   train_steps = {}
   end_step = config.num_train_steps if stop_after_steps is None else min(
       stop_after_steps, config.num_train_steps)
 
   if start_step == 0:
-    evaluate(run, eval_step, state, 0, writer)
+    evals.add(evaluate(run, eval_step, state, 0, writer))
   train_iter = pipeline.GlobalBatchIterator(
       run.train_data, config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -261,42 +336,50 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   pending_metrics = []
   start_time = time.time()
-  step = start_step
+  step = saved_step = start_step
+  stop = False
   try:
-    with _StopSignal() as stop_signal:
-      while step < end_step and not stop_signal.requested:
-        phase = run.method.phase(step)
-        if phase not in train_steps:
-          train_steps[phase] = make_train_step(run.method, run.mesh, phase)
-        batch = parallel.global_batch(next(train_iter), run.mesh)
-        state, step_metrics = train_steps[phase](state, batch, frozen)
-        pending_metrics.append(step_metrics)
-        step += 1
-        report(step)
-        checkpoint_now = step % config.checkpoint_every == 0 or step == end_step
-        if step % config.log_every == 0 or checkpoint_now:
-          # Checked before every checkpoint, so a non-finite state is never saved.
-          means = _mean_metrics(jax.device_get(pending_metrics))
-          pending_metrics = []
-          _check_finite(step, means)
-          writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-          _log_progress(step, config.num_train_steps, start_step, start_time, means)
-        if checkpoint_now:
-          checkpointing.save(manager, step, state)
-        if step % config.eval_every == 0 and step != config.num_train_steps:
-          evaluate(run, eval_step, state, step, writer)
-      if stop_signal.requested and step not in manager.all_steps():
-        _check_finite(step, _mean_metrics(jax.device_get(pending_metrics)))
+    while step < end_step and not stop:
+      phase = run.method.phase(step)
+      if phase not in train_steps:
+        train_steps[phase] = make_train_step(run.method, run.mesh, phase)
+      batch = parallel.global_batch(next(train_iter), run.mesh)
+      if step + 1 == config.debug_nan_step:
+        batch = _poisoned(batch)
+      state, step_metrics = train_steps[phase](state, batch, frozen)
+      pending_metrics.append(step_metrics)
+      step += 1
+      report(step)
+      checkpoint_now = step % config.checkpoint_every == 0 or step == end_step
+      sync_point = step % config.log_every == 0 or checkpoint_now
+      if sync_point:
+        # Checked before every checkpoint, so a non-finite state is never saved.
+        per_step = jax.device_get(pending_metrics)
+        _check_finite_losses(step - len(per_step) + 1, per_step)
+        pending_metrics = []
+        means = _mean_metrics(per_step)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+        _log_progress(step, config.num_train_steps, start_step, start_time, means)
+      stop = _stop_agreed(stop_signal.requested, sync_point)
+      if checkpoint_now or (stop and step != saved_step):
+        _check_finite_losses(step - len(pending_metrics) + 1, jax.device_get(pending_metrics))
+        _check_finite_state(step, state)
         checkpointing.save(manager, step, state)
+        saved_step = step
+      if step % config.eval_every == 0 and step != config.num_train_steps and not stop:
+        evals.add(evaluate(run, eval_step, state, step, writer))
   finally:
     train_iter.close()
     manager.wait_until_finished()
     writer.flush()
 
   wall_time = time.time() - start_time
+  if stop:
+    logging.warning("stopped at step %d on SIGTERM with a checkpoint; run the same command again "
+                    "to resume", step)
   if step == config.num_train_steps:
-    evaluate(run, eval_step, state, step, writer)
-  summary = write_summary(run, state, step, wall_time, step - start_step)
+    evals.add(evaluate(run, eval_step, state, step, writer))
+  summary = write_summary(run, state, step, wall_time, step - start_step, evals.records)
   writer.flush()
   manager.close()
   return summary

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -28,8 +29,12 @@ def image_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
   return grid
 
 
-def save_png(image: np.ndarray, path: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  Image.fromarray(image).save(tmp)
-  os.replace(tmp, path)
+def save_png(image: np.ndarray, path: str | epath.Path) -> None:
+  """Writes a temporary file and renames it (readers never see half a PNG); local or gs://."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_bytes(buffer.getvalue())
+  tmp.replace(path)
