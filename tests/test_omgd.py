@@ -58,3 +58,34 @@ def test_fused_adversarial_gradients_equal_the_reference_formulation():
   for got, want in ((teacher_grads, expected_teacher), (d_grads, expected_d)):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_vgg_weights_file_turns_the_perceptual_terms_on(tmp_path):
+  from gankd_jax.models import vgg
+  from gankd_jax.weights import torch_pth
+  params = vgg.VGG16Features().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  state_dict = {}
+  for name, index in vgg.TORCHVISION_CONV_INDEX.items():
+    state_dict[f"features.{index}.weight"] = np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1)
+    state_dict[f"features.{index}.bias"] = np.asarray(params[name]["bias"])
+  path = tmp_path / "vgg16-397923af.pth"
+  torch_pth.save_state_dict(path, state_dict)
+
+  config = tiny_config(**{"vgg.weights": str(path)})
+  method = build_method(config)
+  assert {"style", "feature"} <= set(method.active_losses())
+  assert any(str(path) in note for note in method.notes())
+  mesh = parallel.make_mesh(1)
+  batch = fixed_batch(config, mesh)
+  state = jax.jit(method.init_state)(jax.random.key(0), batch)
+  frozen = method.frozen_variables()
+  jax.tree_util.tree_map(np.testing.assert_array_equal, frozen["vgg"], jax.device_get(params))
+  _, metrics = jax.jit(method.train_step, static_argnums=3)(state, batch, frozen, False)
+  assert np.isfinite(metrics["student/style"]) and metrics["student/style"] > 0
+  assert np.isfinite(metrics["student/feature"]) and metrics["student/feature"] > 0
+
+
+def test_missing_vgg_file_named_is_an_error():
+  import pytest
+  with pytest.raises(ValueError, match="vgg.weights: no such file: /nope/vgg.pth"):
+    build_method(tiny_config(**{"vgg.weights": "/nope/vgg.pth"}))

@@ -108,15 +108,20 @@ class OMGD(Method):
     self.discriminator = models.build_discriminator(**config.discriminator)
     self.use_cd = config.loss.lambda_cd > 0
     if self.use_cd:
-      self.connectors = Connectors(tuple(self.generators["teacher_wide"].feature_channels()))
+      teacher_channels = self.generators["teacher_wide"].feature_channels()
+      if len(teacher_channels) != len(self.generators["student"].feature_channels()):
+        raise ValueError(f"loss.lambda_cd > 0 needs a student of the wide teacher's family "
+                         f"({config.teacher_wide.name} vs {config.student.name})")
+      self.connectors = Connectors(tuple(teacher_channels))
 
     self._notes = []
-    vgg_path = find_vgg_weights(config.vgg.weights)
     self.vgg_params = None
+    wants_vgg = config.loss.lambda_style > 0 or config.loss.lambda_feature > 0
+    vgg_path = find_vgg_weights(config.vgg.weights) if wants_vgg else None
     if vgg_path:
       self.vgg_params = vgg.load_vgg16(vgg_path)
       self._notes.append(f"VGG16 perceptual losses on, weights from {vgg_path}")
-    else:
+    elif wants_vgg:
       self._notes.append(
           f"VGG16 weights not found (set --config.vgg.weights=/path/{VGG_FILENAME} or put the file in "
           "~/.cache/gankd_jax/): the style and feature loss terms are off")
@@ -134,7 +139,7 @@ class OMGD(Method):
 
   def active_losses(self) -> dict[str, float]:
     weights = {k: float(v) for k, v in self.loss_cfg.items() if k.startswith("lambda_")}
-    if self.vgg_params is None:
+    if self.vgg_params is None:  # Off for want of weights (or set to 0).
       weights.pop("lambda_style")
       weights.pop("lambda_feature")
     return {k[len("lambda_"):]: v for k, v in weights.items() if v != 0}
