@@ -41,29 +41,25 @@ def check_width(field: str, value) -> None:
         raise ValueError(f"{field} must be a positive integer, got {value!r}")
 
 
-def build_generator(name: str, **kwargs):
-    """Instantiate generator ``name`` with dataclass fields (ngf, norm, dropout_rate, ...)."""
-    cls = generator_class(name)
-    if "ngf" in kwargs:
-        check_width("ngf", kwargs["ngf"])
+def _instantiate(cls, what: str, width_field: str, kwargs: dict):
+    """`cls(**kwargs)` after checking the width and that every field exists (one-line errors)."""
+    if width_field in kwargs:
+        check_width(width_field, kwargs[width_field])
     fields = set(cls.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise ValueError(f"generator '{name}' has no field {unknown[0]!r}; fields: "
-                         f"{', '.join(sorted(fields))}")
+        raise ValueError(f"{what} has no field {unknown[0]!r}; fields: {', '.join(sorted(fields))}")
     return cls(**kwargs)
+
+
+def build_generator(name: str, **kwargs):
+    """Instantiate generator ``name`` with dataclass fields (ngf, norm, dropout_rate, ...)."""
+    return _instantiate(generator_class(name), f"generator '{name}'", "ngf", kwargs)
 
 
 def build_discriminator(**kwargs) -> MultiPatchDiscriminator:
     """Instantiate OMGD's partially shared PatchGAN (ndf, n_share, norm)."""
-    if "ndf" in kwargs:
-        check_width("ndf", kwargs["ndf"])
-    fields = set(MultiPatchDiscriminator.__dataclass_fields__) - {"parent", "name"}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise ValueError(f"discriminator has no field {unknown[0]!r}; fields: "
-                         f"{', '.join(sorted(fields))}")
-    return MultiPatchDiscriminator(**kwargs)
+    return _instantiate(MultiPatchDiscriminator, "discriminator", "ndf", kwargs)
 
 
 def as_height_width(size: ImageSize) -> tuple[int, int]:
