@@ -18,8 +18,11 @@ $(VENV)/.installed: requirements.txt
 demo: install
 	$(PY) -m gankd_jax.main --config=configs/omgd.py --workdir=$(WORKDIR)
 
+# The suite in two parts: single-process tests in parallel, then the multi-process ones
+# (each starts its own JAX processes, so they run one at a time).
 test: install
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -m "not multiprocess" tests
+	$(PY) -m pytest -q -m multiprocess tests
 
 stats: install
 	$(PY) -m gankd_jax.model_stats --config=configs/omgd.py:unet_s16

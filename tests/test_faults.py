@@ -41,13 +41,14 @@ app.run(main.main, flags_parser=parse_flags)
 '''
 
 
+@pytest.mark.multiprocess
 def test_sigterm_in_one_process_stops_both_at_one_step_and_resume_matches(
     tmp_path, capfd, reference):
   (tmp_path / "sigterm_in_process_1.py").write_text(SIGTERM_IN_PROCESS_1)
   workdir = tmp_path / "run"
   env = subprocess_env(PYTHONPATH=str(tmp_path))
   status = launch_local(tiny_flags(workdir, checkpoint_every=100), num_processes=2,
-                        devices_per_process=4, module="sigterm_in_process_1", env=env, timeout=400)
+                        devices_per_process=1, module="sigterm_in_process_1", env=env, timeout=400)
   out = capfd.readouterr().out
   assert status == 0, out[-3000:]
   for process in ("[p0]", "[p1]"):
@@ -77,6 +78,7 @@ def _file_hashes(directory) -> dict[str, str]:
           for root, _, names in os.walk(directory) for name in names}
 
 
+@pytest.mark.multiprocess
 def test_nan_stops_the_run_naming_loss_and_step_and_keeps_the_last_checkpoint(tmp_path, reference):
   workdir = tmp_path / "run"
   shutil.copytree(reference["workdir_at_2"], workdir)
@@ -113,6 +115,7 @@ def _wait_for_uncommitted(checkpoints, step: int, process, timeout: float = 300)
   raise AssertionError(f"no uncommitted checkpoint {step} after {timeout} s")
 
 
+@pytest.mark.multiprocess
 def test_kill_during_a_checkpoint_write_then_resume_equals_uninterrupted(tmp_path, reference):
   workdir = tmp_path / "run"
   shutil.copytree(reference["workdir_at_2"], workdir)

@@ -86,6 +86,7 @@ def reference(tmp_path_factory):
           "summary_at_4": at_4}
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_and_their_checkpoint_resumes_in_one_process(tmp_path, reference):
   workdir = tmp_path / "run"
   status = launch_local(tiny_flags(workdir, num_train_steps=2), num_processes=2,

@@ -97,9 +97,8 @@ def test_one_device_equals_eight_devices():
   config = tiny_config()
   state_1, history_1 = run_steps(config, parallel.make_mesh(1), 3)
   state_8, history_8 = run_steps(config, parallel.make_mesh(8), 3)
-  for metrics_1, metrics_8 in zip(history_1, history_8):
-    for name, value in metrics_1.items():
-      np.testing.assert_allclose(value, metrics_8[name], rtol=2e-3, atol=1e-5, err_msg=name)
+  for name, value in history_1[0].items():  # The first step starts from identical parameters.
+    np.testing.assert_allclose(value, history_8[0][name], rtol=1e-4, atol=1e-6, err_msg=name)
   # Adam turns a near-zero gradient into a step of about +-lr, so reduction-order noise in such
   # a gradient can move a parameter by up to 2 lr; everything else agrees far more closely.
   lr = config.optimizer.lr
