@@ -117,7 +117,9 @@ def evaluate(run: Run, eval_step, state, step: int, writer) -> dict[str, Any]:
     count += int(mask.sum())
     if sample_columns is None:
       rows = min(cfg.num_sample_images, int(mask.sum()))
-      sample_columns = [batch["A"][:rows], *[v[:rows] for v in outputs.values()], batch["B"][:rows]]
+      # Pytrees come back with sorted keys: order the columns by the method's roles.
+      roles = [role for role in run.method.roles if role in outputs]
+      sample_columns = [batch["A"][:rows], *[outputs[r][:rows] for r in roles], batch["B"][:rows]]
   result: dict[str, dict[str, float]] = {}
   for name, total in sums.items():
     group, metric = name.split("/", 1)
