@@ -50,7 +50,6 @@ def main(argv):
   import jax.numpy as jnp
   from gankd_jax import parallel, train
   from gankd_jax.methods import build_method
-  from gankd_jax.models import vgg
 
   config = FLAGS.config
   config.batch_size = FLAGS.batch_size

@@ -11,6 +11,8 @@ flip for A and B; evaluation resizes to `crop_size` only.
 """
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import os
 from typing import Optional
@@ -75,7 +77,7 @@ class PairTransform:
         return images.to_unit_range(a), images.to_unit_range(b)
 
 
-class PairedDataset:
+class PairedDataset(abc.ABC):
     """Base class: subclasses set `num_examples` and `transform` and implement `get`."""
     num_examples: int
     transform: PairTransform
@@ -87,9 +89,9 @@ class PairedDataset:
     def __len__(self) -> int:
         return self.num_examples
 
+    @abc.abstractmethod
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw uint8 (A, B) pair, direction already applied."""
-        raise NotImplementedError
 
     def example(self, index: int,
                 rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from gankd_jax import models
 from gankd_jax.losses import distill, gan, image, perceptual
