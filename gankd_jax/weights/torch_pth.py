@@ -307,3 +307,25 @@ def save_state_dict(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray
         for index, array in enumerate(arrays.values()):
             archive.writestr(f"archive/data/{index}", array.tobytes())
         archive.writestr("archive/version", "3\n")
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """`{name: array}` from a torch `.pth`/`.pt` state dict or a NumPy `.npz` with the same keys.
+
+    `.npz` files are read with `allow_pickle=False`: an object array inside is refused.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file {path} does not exist")
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                state = {key: np.asarray(archive[key]) for key in archive.files}
+        except ValueError as error:  # object arrays need pickle: refused.
+            raise ValueError(f"refusing to load {path}: {error}") from None
+        except (OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} is not a readable .npz file ({error})") from None
+        if not state:
+            raise ValueError(f"{path} holds no tensors")
+        return state
+    return load_state_dict(path)
