@@ -1,4 +1,7 @@
-"""Paired-image data: dataset sources, the pix2pix transform and the global-batch pipeline.
+"""Image data: dataset sources, their transforms and the global-batch pipeline.
+
+Paired datasets (x -> y) yield (A, B) pairs; unconditional ones (`unconditional.py`: embedded
+digits, TFDS mnist / cifar10 / celeb_a, a plain image folder) yield {"image", "index"} dicts.
 
 `build_dataset(config.data, 'train' | 'eval')` gives a dataset with `num_examples`,
 `image_shape`, `get(index)` (raw uint8 pair) and `example(index, rng)` (float32 [-1, 1] pair);
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from gankd_jax.data import digits, unconditional
 from gankd_jax.data.embedded import DATASET_NAME as EMBEDDED_NAME
 from gankd_jax.data.embedded import EmbeddedEdgesToPhoto
 from gankd_jax.data.paired import (AlignedFolderDataset, PairedDataset, PairTransform,
@@ -15,13 +19,14 @@ from gankd_jax.data.paired import (AlignedFolderDataset, PairedDataset, PairTran
 from gankd_jax.data.pipeline import GlobalBatchIterator, eval_batches, num_eval_steps
 
 FOLDER_NAME = "pix2pix_folder"
-DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME)
+UNCONDITIONAL_NAMES = (digits.DATASET_NAME, *unconditional.TFDS_NAMES, unconditional.FOLDER_NAME)
+DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES)
 SPLITS = ("train", "eval", "val", "test")
 
 __all__ = [
     "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedEdgesToPhoto", "GlobalBatchIterator",
     "PairTransform", "PairedDataset", "build_dataset", "default_data_config", "eval_batches",
-    "num_eval_steps",
+    "num_eval_steps", "unconditional_data_config",
 ]
 
 
@@ -39,12 +44,31 @@ def default_data_config() -> ml_collections.ConfigDict:
     })
 
 
-def build_dataset(data_config, split: str) -> PairedDataset:
+def unconditional_data_config() -> ml_collections.ConfigDict:
+    """Data config of the unconditional datasets, with defaults: embedded digits at 32x32."""
+    return ml_collections.ConfigDict({
+        "name": digits.DATASET_NAME,  # digits | mnist | cifar10 | celeb_a | image_folder
+        "path": ml_collections.FieldReference(None, field_type=str),  # image_folder's folder
+        "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
+        "image_size": 32,
+        "channels": 0,      # 0: the dataset's own (1 for digits / mnist, 3 otherwise)
+        "center_crop": ml_collections.FieldReference(None, field_type=int),  # None: per dataset
+        "flip": False,
+        "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: per dataset
+        "num_threads": 4,
+    })
+
+
+def build_dataset(data_config, split: str):
     """Dataset named by `data_config.name` for `split` ('train' or 'eval'; 'val'/'test' pick
     that folder explicitly). Only 'train' applies random crop/flip."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name = data_config.name
+    if name == digits.DATASET_NAME:
+        return digits.build(data_config, split)
+    if name in UNCONDITIONAL_NAMES:
+        return unconditional.build(data_config, split)
     if name == EMBEDDED_NAME:
         transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
                                         data_config.get("flip", True), train=split == "train")

@@ -47,7 +47,10 @@ def augmentation_rng(seed: int, step: int, position: int) -> np.random.Generator
 
 
 def stack_examples(examples) -> dict[str, np.ndarray]:
-    """[(A, B), ...] -> {'A': (n, H, W, 3), 'B': (n, H, W, 3)} float32."""
+    """[(A, B), ...] -> {'A': (n, H, W, 3), 'B': (n, H, W, 3)} float32; a list of dicts (as
+    unconditional datasets give) is stacked key by key, dtypes kept."""
+    if isinstance(examples[0], dict):
+        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
     a, b = zip(*examples)
     return {"A": np.stack(a).astype(np.float32, copy=False),
             "B": np.stack(b).astype(np.float32, copy=False)}

@@ -6,11 +6,18 @@ called as ``module.apply(variables, x, train=..., return_features=...)`` on NHWC
 1x1 connectors can be built without running it. ``check_image_size`` validates an image size
 before any compute. Initialise the discriminator with its default ``branches=(0, 1)`` so both
 branches get parameters.
+
+Unconditional families (latent z -> image) are registered apart, in ``LATENT_GENERATORS`` and
+``IMAGE_DISCRIMINATORS``: ``build_latent_generator(name, **fields)`` is called as
+``module.apply(variables, z, train=...)`` and ``build_image_discriminator(name, **fields)`` as
+``module.apply(variables, images, train=...)`` -> one logit per image; ``check_latent_image_size``
+validates an image size before any compute.
 """
 from __future__ import annotations
 
 from typing import Union
 
+from gankd_jax.models import dcgan
 from gankd_jax.models.layers import count_params
 from gankd_jax.models.patchgan import MultiPatchDiscriminator, patch_output_size
 from gankd_jax.models.resnet import (MobileResnetDeepestGenerator, MobileResnetGenerator,
@@ -23,6 +30,17 @@ GENERATORS = {
     "resnet_9blocks": ResnetGenerator,
     "mobile_resnet": MobileResnetGenerator,
     "mobile_resnet_deepest": MobileResnetDeepestGenerator,
+}
+
+# Unconditional (z -> image) families, and the discriminators that judge their images.
+LATENT_GENERATORS = {
+    "dcgan": dcgan.DCGANGenerator,
+}
+IMAGE_DISCRIMINATORS = {
+    "dcgan": dcgan.DCGANDiscriminator,
+}
+_LATENT_SIZE_CHECKS = {
+    "dcgan": dcgan.check_image_size,
 }
 
 ImageSize = Union[int, tuple]
@@ -62,6 +80,29 @@ def build_discriminator(**kwargs) -> MultiPatchDiscriminator:
     return _instantiate(MultiPatchDiscriminator, "discriminator", "ndf", kwargs)
 
 
+def _lookup(registry: dict, kind: str, name: str):
+    if name not in registry:
+        raise ValueError(f"unknown {kind} '{name}'; choose from {', '.join(registry)}")
+    return registry[name]
+
+
+def build_latent_generator(name: str, **kwargs):
+    """Instantiate unconditional generator ``name`` (e.g. 'dcgan': d, image_size, channels, nz)."""
+    cls = _lookup(LATENT_GENERATORS, "latent generator", name)
+    return _instantiate(cls, f"generator '{name}'", getattr(cls, "width_field", "ngf"), kwargs)
+
+
+def build_image_discriminator(name: str, **kwargs):
+    """Instantiate unconditional discriminator ``name`` (e.g. 'dcgan': d, image_size, norm)."""
+    cls = _lookup(IMAGE_DISCRIMINATORS, "image discriminator", name)
+    return _instantiate(cls, f"discriminator '{name}'", getattr(cls, "width_field", "ndf"), kwargs)
+
+
+def check_latent_image_size(name: str, size: ImageSize) -> None:
+    """Raise a one-line ValueError when the unconditional family ``name`` cannot take ``size``."""
+    _lookup(_LATENT_SIZE_CHECKS, "latent generator", name)(size, what=f"the '{name}' family")
+
+
 def as_height_width(size: ImageSize) -> tuple[int, int]:
     """An int means a square image; otherwise (height, width)."""
     if isinstance(size, int):
@@ -97,6 +138,8 @@ def check_discriminator_size(size: ImageSize) -> None:
 
 
 __all__ = [
+    "IMAGE_DISCRIMINATORS", "LATENT_GENERATORS", "build_image_discriminator",
+    "build_latent_generator", "check_latent_image_size",
     "GENERATORS", "build_generator", "build_discriminator", "check_image_size",
     "check_discriminator_size",
     "count_params", "MultiPatchDiscriminator", "UnetGenerator", "UnetDeepestGenerator",
