@@ -97,20 +97,26 @@ def make_eval_step(method: Method, mesh, evaluators):
 
 
 # --------------------------------------------------------------------------------- evaluation
-def evaluate(run: Run, eval_step, state, step: int, writer) -> dict[str, Any]:
-  """Mean of every per-example metric over the evaluation split, as an evals.jsonl record.
+def evaluate(run: Run, eval_step, state, step: int, writer, distribution=((), ())) -> dict[str, Any]:
+  """Mean of every per-example metric over the evaluation split, plus the distribution metrics
+  (`distribution`: (evaluators, notes of skipped ones), see metrics/distribution.py), as an
+  evals.jsonl record.
 
   Every process computes it; process 0 writes the scalars and the sample grid.
   """
   cfg = run.config.eval
   batch_size = -(-cfg.batch_size // run.mesh.size) * run.mesh.size
+  num_examples = min(run.eval_data.num_examples, cfg.max_examples or run.eval_data.num_examples)
+  passes = [evaluator.start(num_examples) for evaluator in distribution[0]]
   sums: dict[str, float] = {}
   count = 0
   sample_columns = None
   for local in pipeline.eval_batches(run.eval_data, batch_size, jax.process_index(),
                                      jax.process_count(), max_examples=cfg.max_examples):
-    batch, outputs, per_example = jax.device_get(
-        eval_step(state, parallel.global_batch(local, run.mesh)))
+    on_device = eval_step(state, parallel.global_batch(local, run.mesh))
+    batch, outputs, per_example = jax.device_get(on_device)
+    for evaluator_pass in passes:  # Features from the device arrays: no host round trip.
+      evaluator_pass.update(on_device[1], on_device[0], batch["mask"])
     mask = np.asarray(batch["mask"], bool)
     for name, values in per_example.items():
       sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
@@ -129,8 +135,13 @@ def evaluate(run: Run, eval_step, state, step: int, writer) -> dict[str, Any]:
     grid = visualize.image_grid(sample_columns)
     visualize.save_png(grid, checkpointing.as_path(run.workdir) / "samples" / f"step_{step:07d}.png")
     writer.write_images(step, {"samples": grid[None]})
+  for evaluator_pass in passes:
+    for name, value in evaluator_pass.result().items():
+      group, metric = name.split("/", 1)
+      result.setdefault(group, {})[metric] = value
   logging.info("eval at step %d over %d examples: %s", step, count, _format_eval(result))
-  return {"step": step, "num_examples": count, **result}
+  skipped = {"skipped": list(distribution[1])} if distribution[1] else {}
+  return {"step": step, "num_examples": count, **result, **skipped}
 
 
 def _flat(result: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -323,6 +334,10 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   frozen = parallel.replicate(run.method.frozen_variables(), run.mesh)
 
   evaluators = metrics.get_evaluators(config.eval.evaluators)
+  distribution = metrics.get_distribution_evaluators(
+      config.eval, run.mesh, -(-config.eval.batch_size // run.mesh.size) * run.mesh.size)
+  for note in distribution[1]:
+    logging.warning("%s", note)  # Once per run; also recorded in every evals.jsonl record.
   eval_step = make_eval_step(run.method, run.mesh, evaluators)
   evals = EvalHistory(workdir, start_step)
   train_steps = {}
@@ -330,7 +345,7 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
       stop_after_steps, config.num_train_steps)
 
   if start_step == 0:
-    evals.add(evaluate(run, eval_step, state, 0, writer))
+    evals.add(evaluate(run, eval_step, state, 0, writer, distribution))
   train_iter = pipeline.GlobalBatchIterator(
       run.train_data, config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -369,7 +384,7 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
         checkpointing.save(manager, step, state)
         saved_step = step
       if step % config.eval_every == 0 and step != config.num_train_steps and not stop:
-        evals.add(evaluate(run, eval_step, state, step, writer))
+        evals.add(evaluate(run, eval_step, state, step, writer, distribution))
   finally:
     train_iter.close()
     manager.wait_until_finished()
@@ -380,7 +395,7 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
     logging.warning("stopped at step %d on SIGTERM with a checkpoint; run the same command again "
                     "to resume", step)
   if step == config.num_train_steps:
-    evals.add(evaluate(run, eval_step, state, step, writer))
+    evals.add(evaluate(run, eval_step, state, step, writer, distribution))
   summary = write_summary(run, state, step, wall_time, step - start_step, evals.records)
   writer.flush()
   manager.close()

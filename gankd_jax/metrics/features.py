@@ -32,6 +32,7 @@ class FeatureExtractor:
         of exactly `batch_size` rows (any process count, e.g. a training loop's eval outputs).
         """
         if isinstance(images, jax.Array) and images.shape[0] == self.batch_size:
+            images = jax.device_put(images, parallel.batch_sharded(self.mesh))  # e.g. from replicated
             return jax.tree_util.tree_map(np.asarray, jax.device_get(self._apply(self.variables, images)))
         images = np.asarray(images, np.float32)
         count = images.shape[0]
