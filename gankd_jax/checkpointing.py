@@ -26,7 +26,8 @@ CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "num_devices", "eval.batch_size", "eval.max_examples", "eval.num_sample_images",
-    "data.num_threads", "optimizer.constant_steps", "optimizer.decay_steps", "debug_nan_step",
+    "eval.inception_weights", "data.num_threads", "optimizer.constant_steps",
+    "optimizer.decay_steps", "debug_nan_step",
 })
 # Fault-injection test hook: seconds to wait inside every checkpoint commit, after the files are
 # written and before the commit, so a test can kill the run while a checkpoint is incomplete.
@@ -117,3 +118,44 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
   """Restores onto the shardings of `abstract_state` (any device or process count)."""
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def read_config(workdir: str) -> dict[str, Any]:
+  """The config another run was started with (its config.json), as a dict; ValueError if none."""
+  if not as_path(workdir).is_dir():
+    raise ValueError(f"run directory {workdir} does not exist")
+  path = as_path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise ValueError(f"{workdir} holds no {CONFIG_FILE}: not a gankd_jax run directory")
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is unreadable ({e})") from None
+
+
+def latest_step(workdir: str) -> int | None:
+  """Step of the latest committed checkpoint of a run directory (read only), None if none."""
+  directory = as_path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return None
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+def restore_latest(workdir: str, abstract_state: Any) -> tuple[int, Any]:
+  """(step, state) of another run's latest committed checkpoint, read only, onto the shardings
+  of `abstract_state`; ValueError when the run has no checkpoint."""
+  directory = as_path(workdir) / "checkpoints"
+  step = latest_step(workdir)
+  if step is None:
+    raise ValueError(f"{workdir} has no committed checkpoint")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True))
+  try:
+    return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  finally:
+    manager.close()

@@ -85,15 +85,16 @@ def make_train_step(method: Method, mesh, phase):
 
 
 def make_eval_step(method: Method, mesh, evaluators):
-  def step(state, batch):
-    outputs = method.generate(state, batch)
+  """Jitted `(state, batch, frozen) -> (batch, outputs, per-example metrics)`."""
+  def step(state, batch, frozen):
+    outputs = method.generate(state, batch, frozen)
     per_example = {}
     for evaluator in evaluators:
       per_example.update(evaluator(outputs, batch))
     return batch, outputs, per_example
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   # Outputs replicated so every process can read the whole batch without extra collectives.
-  return jax.jit(step, in_shardings=(rep, shard), out_shardings=rep)
+  return jax.jit(step, in_shardings=(rep, shard, rep), out_shardings=rep)
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -123,9 +124,7 @@ def evaluate(run: Run, eval_step, state, step: int, writer, distribution=((), ()
     count += int(mask.sum())
     if sample_columns is None:
       rows = min(cfg.num_sample_images, int(mask.sum()))
-      # Pytrees come back with sorted keys: order the columns by the method's roles.
-      roles = [role for role in run.method.roles if role in outputs]
-      sample_columns = [batch["A"][:rows], *[outputs[r][:rows] for r in roles], batch["B"][:rows]]
+      sample_columns = [column[:rows] for column in run.method.sample_columns(batch, outputs)]
   result: dict[str, dict[str, float]] = {}
   for name, total in sums.items():
     group, metric = name.split("/", 1)
@@ -206,7 +205,7 @@ def write_summary(run: Run, state, step: int, wall_time_s: float, steps_this_run
       "losses": run.method.active_losses(),
       "notes": run.method.notes(),
       "data": {"name": run.config.data.name, "train_examples": len(run.train_data),
-               "eval_examples": len(run.eval_data), "image_size": run.config.data.crop_size},
+               "eval_examples": len(run.eval_data), "image_size": run.train_data.image_shape[0]},
       "devices": run.mesh.size,
       "processes": jax.process_count(),
   }
@@ -338,7 +337,8 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
       config.eval, run.mesh, -(-config.eval.batch_size // run.mesh.size) * run.mesh.size)
   for note in distribution[1]:
     logging.warning("%s", note)  # Once per run; also recorded in every evals.jsonl record.
-  eval_step = make_eval_step(run.method, run.mesh, evaluators)
+  eval_fn = make_eval_step(run.method, run.mesh, evaluators)
+  eval_step = lambda state, batch: eval_fn(state, batch, frozen)  # noqa: E731
   evals = EvalHistory(workdir, start_step)
   train_steps = {}
   end_step = config.num_train_steps if stop_after_steps is None else min(

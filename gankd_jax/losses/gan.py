@@ -94,3 +94,33 @@ def generator_loss(kind: str, fake_logits: Logits) -> jax.Array:
     """Generator's adversarial loss on the discriminator's logits for its fakes (no 0.5 factor)."""
     _check_kind(kind)
     return _mean_over_outputs(lambda x: _generator_term(kind, x), fake_logits)
+
+
+# --------------------------------------------------------------------------- Wasserstein (WGAN-GP)
+# Gulrajani et al. 2017, "Improved Training of Wasserstein GANs", Algorithm 1: the critic
+# minimises D(fake) - D(real) + lambda * (||grad_x D(x_hat)||_2 - 1)^2 with x_hat on random
+# interpolates of real and fake samples; the generator minimises -D(fake). Kept apart from
+# GAN_KINDS: its discriminator loss has no 0.5 factor and needs the critic itself (the penalty).
+WASSERSTEIN_GP = "wgan_gp"
+
+
+def wasserstein_critic_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """`mean(D(fake)) - mean(D(real))` (the negated Wasserstein estimate)."""
+    return jnp.mean(jnp.asarray(fake_logits, jnp.float32)) - jnp.mean(jnp.asarray(real_logits, jnp.float32))
+
+
+def wasserstein_generator_loss(fake_logits: jax.Array) -> jax.Array:
+    """`-mean(D(fake))`."""
+    return -jnp.mean(jnp.asarray(fake_logits, jnp.float32))
+
+
+def gradient_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array,
+                     rng: jax.Array) -> jax.Array:
+    """`mean((||grad_x critic(x_hat)||_2 - 1)^2)`, x_hat = eps real + (1 - eps) fake, eps ~ U[0, 1]
+    per example. `critic` maps a batch to one logit per example and must treat examples
+    independently (no BatchNorm), so the gradient of the summed logits is per example."""
+    eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+    interpolates = eps * real + (1.0 - eps) * fake
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(interpolates)
+    norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))) + 1e-12)
+    return jnp.mean(jnp.square(norms - 1.0))

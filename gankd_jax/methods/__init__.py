@@ -8,6 +8,7 @@ from gankd_jax.methods.base import Method
 
 _METHOD_MODULES = {
     "omgd": ("gankd_jax.methods.omgd", "OMGD"),
+    "aguinaldo": ("gankd_jax.methods.aguinaldo", "Aguinaldo"),
 }
 
 

@@ -88,12 +88,21 @@ class Method(abc.ABC):
     """One fused update: a pure function of arrays, jitted and donated by the loop."""
 
   @abc.abstractmethod
-  def generate(self, state: PyTree, batch: Batch) -> dict[str, jax.Array]:
-    """Inference-mode outputs of every generator role on the batch's input."""
+  def generate(self, state: PyTree, batch: Batch, frozen: PyTree = None) -> dict[str, jax.Array]:
+    """Inference-mode outputs of every generator role on the batch's input (`frozen`: as in
+    `train_step`, e.g. a teacher read from another run)."""
 
   @abc.abstractmethod
   def networks(self, state: PyTree) -> dict[str, Network]:
     """The networks by role, for parameter counts, MACs and fingerprints."""
+
+  def sample_columns(self, batch: Batch, outputs: dict[str, jax.Array]) -> list[jax.Array]:
+    """Image columns (N, H, W, C) of the evaluation sample grid, in display order.
+
+    Default: every generator output, in `roles` order (pytrees come back with sorted keys).
+    Methods with inputs or targets to show put them around it.
+    """
+    return [outputs[role] for role in self.roles if role in outputs]
 
   def active_losses(self) -> dict[str, float]:
     """Loss term name -> weight, for terms that are on (reported in the summary)."""

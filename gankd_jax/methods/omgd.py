@@ -277,8 +277,12 @@ class OMGD(Method):
     if use_vgg:
       student_vgg = self.vgg.apply({"params": frozen["vgg"]}, fake)
     terms = {"ssim": 0.0, "style": 0.0, "feature": 0.0, "tv": 0.0}
+    if cfg.lambda_pixel:
+      terms["pixel"] = 0.0
     for target in targets:
       terms["ssim"] += cfg.lambda_ssim * (1.0 - image.ssim(fake, target))
+      if cfg.lambda_pixel:  # Not in OMGD (see configs/omgd.py); 0 in the paper's setups.
+        terms["pixel"] += cfg.lambda_pixel * jnp.mean(jnp.abs(fake - target))
       if use_vgg:
         target_vgg = self.vgg.apply({"params": frozen["vgg"]}, target)
         terms["style"] += cfg.lambda_style * perceptual.style_loss(student_vgg, target_vgg)
@@ -292,7 +296,7 @@ class OMGD(Method):
       new_stats["connectors"] = connector_vars.get("batch_stats", {})
       terms["cd"] = cfg.lambda_cd * distill.channel_distillation_loss(mapped, wide_feats)
     total = sum(terms.values())
-    metrics = {f"student/{k}": v for k, v in terms.items() if k in ("ssim", "cd", "tv") or use_vgg}
+    metrics = {f"student/{k}": v for k, v in terms.items() if k in ("ssim", "cd", "tv", "pixel") or use_vgg}
     return total, (metrics, new_stats, fake)
 
   # ----------------------------------------------------------------------------- the step
@@ -340,10 +344,14 @@ class OMGD(Method):
       return {"params": net.params["generator"], "batch_stats": net.batch_stats["generator"]}
     return net.variables()
 
-  def generate(self, state: OMGDState, batch):
+  def generate(self, state: OMGDState, batch, frozen=None):
     return {role: self.generators[role].apply(self._inference_variables(state, role), batch["A"],
                                               train=False)
             for role in (*TEACHER_ROLES, "student")}
+
+  def sample_columns(self, batch, outputs):
+    """Input | teachers | student | target."""
+    return [batch["A"], *super().sample_columns(batch, outputs), batch["B"]]
 
   def networks(self, state: OMGDState) -> dict[str, Network]:
     size = self.config.data.crop_size
