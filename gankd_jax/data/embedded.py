@@ -1,7 +1,8 @@
 """'embedded_edges2photo': a small real edges->photo dataset that needs no download.
 
 Why: tests, smoke runs and the out-of-the-box default need real paired images on machines
-without network access. scikit-image ships a few colour photos inside its wheel; from each we
+without network access. scikit-image ships a few colour photos inside its wheel and scikit-learn two more (a Chinese
+temple and a flower, `sklearn:` below); from each we
 cut many overlapping square crops at several scales, resize them to `crop_size`, and compute an
 edge map with Canny on the greyscale crop, drawn black on white as in edges2shoes.
 A = edge map (3 identical channels), B = photo crop, both uint8.
@@ -26,8 +27,9 @@ from PIL import Image
 from gankd_jax.data.paired import PairedDataset, PairTransform, check_direction
 
 DATASET_NAME = "embedded_edges2photo"
-BUILD_VERSION = 1
-# Source photo -> files in skimage/data; files of one source never straddle the split.
+BUILD_VERSION = 2
+# Source photo -> files in skimage/data (or sklearn/datasets/images with the "sklearn:" prefix);
+# files of one source never straddle the split.
 SOURCES = {
     "astronaut": ("astronaut.png",),
     "rocket": ("rocket.jpg",),
@@ -37,6 +39,9 @@ SOURCES = {
     "ihc": ("ihc.png",),
     "chelsea": ("chelsea.png",),
     "coffee": ("coffee.png",),
+    # Two more natural photos for training: the held-out cat and cup are natural photos too.
+    "china": ("sklearn:china.jpg",),
+    "flower": ("sklearn:flower.jpg",),
 }
 TEST_SOURCES = ("chelsea", "coffee")
 # Crop sides as fractions of the photo's short side; neighbouring crops overlap by half.
@@ -47,6 +52,15 @@ def skimage_data_dir() -> str:
     """Folder of the photos bundled in the scikit-image wheel (no pooch download involved)."""
     import skimage.data
     return os.path.dirname(skimage.data.__file__)
+
+
+def source_file_path(file_name: str) -> str:
+    """Where a SOURCES entry lives inside the installed wheels."""
+    if file_name.startswith("sklearn:"):
+        import sklearn.datasets
+        return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images",
+                            file_name[len("sklearn:"):])
+    return os.path.join(skimage_data_dir(), file_name)
 
 
 def default_cache_dir() -> str:
@@ -98,13 +112,12 @@ def photo_crops(path: str, crop_size: int, scales: Sequence[float]) -> np.ndarra
 def build_pairs(sources: Sequence[str], crop_size: int, scales: Sequence[float],
                 edge_sigma: float) -> dict[str, np.ndarray]:
     """Edge/photo pairs for the given sources: {'A', 'B': uint8 (N,S,S,3), 'source': int (N,)}."""
-    data_dir = skimage_data_dir()
     a_parts, b_parts, source_ids = [], [], []
     for name in sources:
         if name not in SOURCES:
             raise ValueError(f"unknown embedded source photo {name!r}; choices: {sorted(SOURCES)}")
         for file_name in SOURCES[name]:
-            photos = photo_crops(os.path.join(data_dir, file_name), crop_size, scales)
+            photos = photo_crops(source_file_path(file_name), crop_size, scales)
             a_parts.append(np.stack([edge_map(p, edge_sigma) for p in photos]))
             b_parts.append(photos)
             source_ids.append(np.full(len(photos), list(SOURCES).index(name), np.int32))
@@ -115,9 +128,10 @@ def build_pairs(sources: Sequence[str], crop_size: int, scales: Sequence[float],
 def cache_key(split: str, crop_size: int, scales: Sequence[float], edge_sigma: float) -> str:
     """Short hash of everything that changes the built arrays."""
     import skimage
+    import sklearn
     params = {"version": BUILD_VERSION, "split": split, "crop_size": crop_size,
               "scales": list(scales), "edge_sigma": edge_sigma, "sources": SOURCES,
-              "test": TEST_SOURCES, "skimage": skimage.__version__}
+              "test": TEST_SOURCES, "skimage": skimage.__version__, "sklearn": sklearn.__version__}
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
