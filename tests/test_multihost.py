@@ -35,7 +35,7 @@ SUM_RTOL, SUM_OF_SQUARES_RTOL = 1e-3, 1e-4
 
 
 def tiny_config(**overrides):
-  config = omgd_config.get_config()
+  config = omgd_config.get_config("unet64")
   for key, value in {**TINY, **overrides}.items():
     target = config
     *path, last = key.split(".")
@@ -46,7 +46,7 @@ def tiny_config(**overrides):
 
 
 def tiny_flags(workdir, **overrides) -> list[str]:
-  return ["--config=configs/omgd.py", f"--workdir={workdir}",
+  return ["--config=configs/omgd.py:unet64", f"--workdir={workdir}",
           *[f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]]
 
 

@@ -89,3 +89,38 @@ def test_missing_vgg_file_named_is_an_error():
   import pytest
   with pytest.raises(ValueError, match="vgg.weights: no such file: /nope/vgg.pth"):
     build_method(tiny_config(**{"vgg.weights": "/nope/vgg.pth"}))
+
+
+def test_pixel_term_is_the_l1_from_the_student_to_each_teacher():
+  config = tiny_config(**{"loss.lambda_pixel": 2.0, "loss.lambda_cd": 0.0})
+  method = build_method(config)
+  assert method.active_losses()["pixel"] == 2.0
+  mesh = parallel.make_mesh(1)
+  batch = fixed_batch(config, mesh)
+  state = jax.jit(method.init_state)(jax.random.key(0), batch)
+  targets = [jnp.tanh(batch["B"]), -jnp.tanh(batch["B"])]
+  _, (metrics, _, fake) = jax.jit(method._student_loss)(
+      state.student.params, state.student.batch_stats, batch["A"], targets, None,
+      method.frozen_variables(), step_rng(state))
+  expected = sum(2.0 * jnp.mean(jnp.abs(fake - t)) for t in targets)
+  np.testing.assert_allclose(metrics["student/pixel"], expected, rtol=1e-6)
+
+
+def test_default_setup_starts_with_students_unlike_their_teachers():
+  """The default (ResNet family, instance norm) evaluates like it trains: at step 0 each generator
+  prints its own random image, not the flat grey of fresh batch-norm running statistics, so the
+  student-teacher distances logged at step 0 are a real starting point."""
+  from configs import omgd as omgd_config
+  config = omgd_config.get_config()
+  assert (config.student.name, config.student.norm) == ("mobile_resnet", "instance")
+  for key, value in {"data.crop_size": 32, "teacher_wide.ngf": 8, "teacher_deep.ngf": 4,
+                     "student.ngf": 4, "discriminator.ndf": 8, "batch_size": 2}.items():
+    section, field = key.split(".") if "." in key else (None, key)
+    (config[section] if section else config)[field] = value
+  method = build_method(config)
+  batch = fixed_batch(config, parallel.make_mesh(1))
+  state = jax.jit(method.init_state)(jax.random.key(0), batch)
+  outputs = jax.jit(method.generate)(state, batch)
+  for role, image_out in outputs.items():
+    assert float(jnp.std(image_out)) > 0.05, role
+  assert float(jnp.mean(jnp.abs(outputs["student"] - outputs["teacher_wide"]))) > 0.05

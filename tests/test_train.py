@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  config = omgd_config.get_config()
+  config = omgd_config.get_config("unet64")
   config.data.crop_size = 32
   config.teacher_wide.ngf = 8
   config.teacher_deep.ngf = 4
@@ -136,7 +136,7 @@ def _main(args, **kwargs):
                         capture_output=True, text=True, timeout=600, **kwargs)
 
 
-TINY_FLAGS = ["--config=configs/omgd.py", "--config.data.crop_size=32", "--config.teacher_wide.ngf=8",
+TINY_FLAGS = ["--config=configs/omgd.py:unet64", "--config.data.crop_size=32", "--config.teacher_wide.ngf=8",
               "--config.teacher_deep.ngf=4", "--config.student.ngf=4", "--config.discriminator.ndf=8",
               "--config.num_train_steps=3", "--config.log_every=1", "--config.eval.max_examples=8",
               "--config.checkpoint_every=2", "--config.eval_every=2"]
@@ -209,7 +209,7 @@ def test_cli_errors_are_one_line(tmp_path):
   for args, message in [
       (["--config=configs/omgd.py", "--config.no_such_field=1"], "no_such_field"),
       (["--config=configs/omgd.py:unet_s99"], "unet_s99"),
-      (["--config=configs/omgd.py", "--config.data.crop_size=48"], "power-of-two"),
+      (["--config=configs/omgd.py:unet64", "--config.data.crop_size=48"], "power-of-two"),
   ]:
     result = _main([*args, f"--workdir={workdir}"])
     assert result.returncode == 2, result.stderr[-2000:]
