@@ -55,6 +55,37 @@ def test_fid_matches_closed_forms_on_known_gaussians():
     np.testing.assert_allclose(fid.frechet_distance(np.zeros(48), s1, np.zeros(48), s2), expected, rtol=1e-9)
 
 
+def _pytorch_fid_formula(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """pytorch-fid's calculate_frechet_distance, verbatim in NumPy/SciPy (scipy.linalg.sqrtm)."""
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    covmean = covmean.real
+    return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+
+
+@pytest.mark.parametrize("samples,dim", [(400, 64), (5, 40), (30, 128)])
+def test_eigenvalue_trace_equals_scipy_sqrtm(samples, dim):
+    """Full-rank and rank-deficient (samples <= dim) sample covariances of known Gaussians."""
+    rng = np.random.default_rng(samples)
+    mix = rng.standard_normal((dim, dim)) / np.sqrt(dim)
+    x = rng.standard_normal((samples, dim)) @ mix
+    y = rng.standard_normal((samples, dim)) @ (mix + 0.3 * np.eye(dim)) + 0.5
+    stats = [(z.mean(0), np.cov(z, rowvar=False)) for z in (x, y)]
+    np.testing.assert_allclose(fid.frechet_distance(*stats[0], *stats[1]),
+                               _pytorch_fid_formula(*stats[0], *stats[1]), rtol=1e-6)
+    np.testing.assert_allclose(fid.frechet_distance(*stats[0], *stats[0]),
+                               _pytorch_fid_formula(*stats[0], *stats[0]), atol=1e-6 * dim)
+
+
+def test_non_finite_statistics_are_an_error():
+    sigma = np.eye(3)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fid.frechet_distance(np.array([0.0, np.nan, 0.0]), sigma, np.zeros(3), sigma)
+
+
 def test_singular_covariances_take_the_eps_path():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 40))  # 5 samples in 40-d: rank-4 covariance.

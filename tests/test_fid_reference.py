@@ -5,8 +5,8 @@ which runs `pytorch_fid.fid_score.compute_statistics_of_path` and `calculate_fre
 on two PNG folders (fixtures/seeded_weights.fid_image_sets: one of 6 RGB images, one of 5 images
 of mixed sizes and modes, which pytorch-fid reads with batch size 1) with pytorch-fid's
 InceptionV3 on the seeded weights used here. With so few samples both covariances are singular,
-so this also exercises pytorch-fid's near-singular handling (scipy sqrtm, eps offset). The one
-2048-d `sqrtm` (twice: the eps path) dominates this file's run time, as it does pytorch-fid's.
+so this also checks the Frechet distance on rank-deficient products: pytorch-fid's scipy `sqrtm`
+(finite there with SciPy 1.17, so no eps offset) against our eigenvalue form of tr(sqrtm(S1 S2)).
 """
 import os
 import sys

@@ -5,10 +5,16 @@ on the host, so memory stays `O(dim^2)` whatever the number of samples. Sums are
 shift (the first batch's mean) so the covariance does not lose digits to `E[xx^T] - mu mu^T`
 cancellation. The covariance is unbiased (`ddof=1`), as `np.cov` gives pytorch-fid.
 
-`frechet_distance` is pytorch-fid's `calculate_frechet_distance`, step by step, in float64:
-`|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2))`; if the product's square root is not finite
-(singular product), `eps` is added to both diagonals and it is taken again; a complex result whose
-diagonal has an imaginary part above 1e-3 is an error, otherwise the real part is used.
+`frechet_distance` is pytorch-fid's `calculate_frechet_distance` in float64:
+`|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2))`. Only the trace of the square root is
+needed, and S1 S2 is similar to the symmetric PSD matrix `S1^1/2 S2 S1^1/2`, so
+`tr(sqrtm(S1 S2)) = sum_i sqrt(lambda_i)` over that matrix's eigenvalues: two symmetric
+eigendecompositions (LAPACK syevd) instead of scipy's Schur-based `sqrtm` of a general matrix,
+several times faster at 2048-d and equal to it within rounding (tests/test_fid_reference.py
+checks pytorch-fid's own numbers). pytorch-fid's edge cases are kept: negative eigenvalues from
+rounding count as 0 (pytorch-fid takes the real part; sqrt of a tiny negative is imaginary); one
+below -1e-6 (an imaginary part above 1e-3, as pytorch-fid's check: a "covariance" that is not
+PSD) is an error; a non-finite trace is retried with `eps` added to both diagonals.
 
 Statistics files are pytorch-fid's: `.npz` with `mu` (dim,) and `sigma` (dim, dim).
 """
@@ -18,7 +24,8 @@ import os
 
 import numpy as np
 from absl import logging
-from scipy import linalg
+
+IMAGINARY_TOLERANCE = 1e-3  # pytorch-fid's bound on the imaginary part of sqrtm(S1 S2)'s diagonal.
 
 
 class GaussianStats:
@@ -75,6 +82,23 @@ class GaussianStats:
             raise ValueError(f"Gaussian statistics need at least {n} samples, got {self.count}")
 
 
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix (negative rounding eigenvalues -> 0)."""
+    values, vectors = np.linalg.eigh(sigma)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr(sqrtm(sigma1 @ sigma2)) for covariances, from the eigenvalues of S1^1/2 S2 S1^1/2."""
+    root1 = _psd_sqrt((sigma1 + sigma1.T) * 0.5)
+    inner = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((inner + inner.T) * 0.5)
+    if eigenvalues.size and eigenvalues.min() < -IMAGINARY_TOLERANCE ** 2:
+        raise ValueError(f"FID: imaginary component {np.sqrt(-eigenvalues.min()):.4g} in "
+                         "sqrtm(S1 S2) (a covariance that is not positive semi-definite)")
+    return float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """pytorch-fid's Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -83,17 +107,15 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics of different dimensions: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}")
+    if not all(np.isfinite(x).all() for x in (mu1, mu2, sigma1, sigma2)):
+        raise ValueError("FID: the statistics hold NaN or Inf values")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
+    trace_covmean = trace_sqrt_product(sigma1, sigma2)
+    if not np.isfinite(trace_covmean):
         logging.warning("FID: singular covariance product; adding %g to the diagonals", eps)
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm(S1 S2)")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+        trace_covmean = trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
