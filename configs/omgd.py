@@ -83,11 +83,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.loss.lambda_feature = 1e1           # Student, per teacher: VGG16 relu2_2 L1.
   config.loss.lambda_tv = 1e-5               # Student, per teacher: total variation.
   config.loss.lambda_cd = 0.0                # Student: channel distillation (wide teacher); set per family.
-  # Not in OMGD: L1 from the student to each teacher's output. A knob for runs without VGG
-  # weights, where the student's only image loss is SSIM, which OMGD computes on [-1, 1]
-  # images, so a colour-inverted copy also scores high (the luminance and structure terms
-  # both near -1); we saw U-Net students drift there.
-  config.loss.lambda_pixel = 0.0
+  # Not in OMGD: L1 from the student to each teacher's output. On in this small default, which
+  # runs without VGG weights offline: the student's only image loss is then SSIM, which OMGD
+  # computes on [-1, 1] images, where an off-colour or colour-inverted output also scores well
+  # (luminance and structure terms both negative); default runs without it drifted to flat
+  # magenta students. 0 in the paper's setups (the variants below).
+  config.loss.lambda_pixel = 10.0
 
   config.vgg = ml_collections.ConfigDict()
   config.vgg.weights = ""                    # torchvision vgg16-397923af.pth; "" searches caches.
@@ -102,6 +103,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       raise ValueError(f"unknown variant '{variant}' of configs/omgd.py; choose from "
                        f"{', '.join([*EMBEDDED_SETUPS, *REFERENCE_SETUPS])}")
     _set_networks(config, *REFERENCE_SETUPS[variant])
+    config.loss.lambda_pixel = 0.0
     config.data.name = "pix2pix_folder"
     config.data.crop_size = 256
     config.num_train_steps = 200 * 50000 // 4   # edges2shoes: 100 + 100 epochs at batch 4.
