@@ -25,4 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 16
   config.eval.max_examples = 0       # 0: the whole evaluation split.
   config.eval.num_sample_images = 8  # Rows of the sample grid.
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth for fid / inception_score / kid; "": the
+  # download cache (gankd_jax/weights/download.py), else those evaluators are skipped with a note.
+  config.eval.inception_weights = ""
   return config

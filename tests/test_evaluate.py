@@ -1,23 +1,37 @@
-"""Distribution evaluators in the training loop and `python -m gankd_jax.evaluate`.
+"""Distribution evaluators in the training loop, and `python -m gankd_jax.evaluate`.
 
-Inception weights are the seeded ones of test_inception.py (written as a .pth). The pytorch-fid
-Frechet distance (a 2048-d scipy sqrtm, most of a minute per call on 2 cores) is tested in
-test_fid.py / test_fid_reference.py; here it is replaced by a cheap bound so that three
-roles stay fast; the checks here are the plumbing: declared evaluators run, records, skipping.
+One tiny OMGD run (32 px, ngf 4, one training step, 10 evaluation examples) is trained once for the
+module, with the Inception-based evaluators declared in its config; the evaluate tests read its
+checkpoint. Inception weights are the seeded ones of test_inception.py (written as a .pth).
+
+The pytorch-fid Frechet distance (two 2048-d eigendecompositions, 10-50 s per call on 2 busy
+cores) is tested against pytorch-fid in test_fid.py / test_fid_reference.py; here it is replaced
+by a cheap upper bound so that three roles stay fast: the checks here are the plumbing (declared
+evaluators run and are recorded, skipped with a note, eval.json / table / grid, cached reference
+statistics, one-line errors).
 """
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from gankd_jax import evaluate, train
 from gankd_jax.metrics import distribution, fid
 from gankd_jax.weights import download
 from gankd_jax.weights.torch_pth import save_state_dict
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_inception import inception_state_dict  # noqa: E402
+from test_train import REPO, tiny_config  # noqa: E402
+
+NUM_EXAMPLES = 10  # IS needs >= 10 (10 splits).
+NUM_EVALUATED = 4  # By evaluate (on the run's 2 devices: no padding rows through Inception).
+GENERATOR_ROLES = ("teacher_wide", "teacher_deep", "student")
 
 
 def cheap_frechet_bound(mu1, sigma1, mu2, sigma2, eps=1e-6):
@@ -26,63 +40,170 @@ def cheap_frechet_bound(mu1, sigma1, mu2, sigma2, eps=1e-6):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "pt_inception-seeded.pth"
-    save_state_dict(path, inception_state_dict())
-    return str(path)
+def env(tmp_path_factory):
+    """Offline, an empty cache, the cheap Frechet bound; the seeded weights as a file."""
+    root = tmp_path_factory.mktemp("evaluate")
+    weights = root / "pt_inception-seeded.pth"
+    save_state_dict(weights, inception_state_dict())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fid, "frechet_distance", cheap_frechet_bound)
+        patch.setenv(download.CACHE_ENV, str(root / "cache"))
+        patch.setenv(download.OFFLINE_ENV, "1")
+        patch.setenv("HOME", str(root))  # No torch hub cache to find weights in.
+        yield {"root": root, "weights": str(weights)}
 
 
-def _config(workdir_weights, evaluators):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import omgd
-    config = omgd.get_config()
-    config.num_train_steps = 1
-    config.batch_size = 8
-    config.log_every = config.eval_every = config.checkpoint_every = 1
-    config.eval.max_examples = 10
-    config.eval.batch_size = 16  # One evaluation batch.
-    config.eval.evaluators = evaluators
-    if workdir_weights is not None and "inception_weights" in config.eval:
-        config.eval.inception_weights = workdir_weights
-    return config
+@pytest.fixture(scope="module")
+def run(env):
+    """A one-step OMGD run whose loop evaluates fid / inception_score / kid (steps 0 and 1)."""
+    config = tiny_config(**{
+        "student.ngf": 4, "teacher_deep.ngf": 4, "teacher_wide.ngf": 4, "num_train_steps": 1,
+        "log_every": 1, "checkpoint_every": 1, "eval.max_examples": NUM_EXAMPLES,
+        # 2 devices: a 10-example batch is not padded to 16 (8 devices): less Inception work.
+        "num_devices": 2, "eval.batch_size": NUM_EXAMPLES, "eval.inception_weights": env["weights"],
+        "eval.evaluators": ("paired", "sharpness", "fid", "inception_score", "kid")})
+    workdir = str(env["root"] / "run")
+    summary = train.train_and_evaluate(config, workdir)
+    return {"workdir": workdir, "summary": summary}
 
 
-def test_training_loop_runs_declared_distribution_evaluators(tmp_path, weights, monkeypatch):
-    from gankd_jax import train
-    monkeypatch.setattr(fid, "frechet_distance", cheap_frechet_bound)
-    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(download.OFFLINE_ENV, "1")
-    os.makedirs(tmp_path / "cache")
-    os.symlink(weights, tmp_path / "cache" / download.INCEPTION_FID.filename)  # Found in the cache.
-    config = _config(None, ("paired", "sharpness", "fid", "inception_score", "kid"))
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-    records = train.read_evals(str(tmp_path / "run"))
+# ------------------------------------------------------------------------------ training loop
+def test_training_loop_runs_declared_distribution_evaluators(run):
+    records = train.read_evals(run["workdir"])
     assert [r["step"] for r in records] == [0, 1]
     for record in records:
-        assert "skipped" not in record and record["num_examples"] == 10
-        for role in ("teacher_wide", "teacher_deep", "student"):
+        assert "skipped" not in record and record["num_examples"] == NUM_EXAMPLES
+        for role in GENERATOR_ROLES:
             metrics = record[role]
             assert {"psnr", "ssim", "vol", "fid", "kid", "is"} <= set(metrics), metrics
             assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0 and metrics["is"] >= 1.0
 
 
-def test_missing_inception_weights_skip_fid_with_a_note(tmp_path, monkeypatch):
-    from gankd_jax import train
-    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(download.OFFLINE_ENV, "1")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    config = _config(None, ("paired", "fid"))
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-    records = train.read_evals(str(tmp_path / "run"))
-    assert len(records) == 2
-    for record in records:
-        assert "fid" not in record["student"] and "psnr" in record["student"]
-        (note,) = record["skipped"]
-        assert note.startswith("fid skipped:") and download.INCEPTION_FID.filename in note
-        assert distribution.WEIGHTS_FLAG in note
+def test_missing_inception_weights_give_a_note_not_an_error(env, tmp_path):
+    config = tiny_config(**{"eval.evaluators": ("paired", "fid", "kid")})
+    evaluators, notes = train.metrics.get_distribution_evaluators(config.eval, None, 8)
+    assert evaluators == []
+    (note,) = notes
+    assert note.startswith("fid, kid skipped:") and download.INCEPTION_FID.filename in note
+    assert distribution.WEIGHTS_FLAG in note and "\n" not in note
 
 
 def test_unknown_evaluator_is_rejected_before_compute():
     from gankd_jax import metrics
     with pytest.raises(ValueError, match="unknown evaluator 'fidd'; choose from paired, sharpness, fid"):
         metrics.get_evaluators(("paired", "fidd"))
+
+
+# ------------------------------------------------------------------------------ evaluate
+@pytest.fixture(scope="module")
+def evaluated(run, env):
+    """Two evaluations of the run: the first computes the reference statistics, the second must
+    read them from the cache (it is given no real image: reference_images is made to fail)."""
+    first = evaluate.evaluate(run["workdir"], num_samples=NUM_EVALUATED,
+                              inception_weights=env["weights"], latency_iters=3, num_sample_images=3)
+    grid = np.asarray(Image.open(os.path.join(run["workdir"], evaluate.GRID_FILE)))
+    with open(os.path.join(run["workdir"], evaluate.EVAL_FILE)) as handle:
+        written = json.load(handle)
+    with pytest.MonkeyPatch.context() as patch:
+        def no_real_images(batch):
+            raise AssertionError("reference images read although their statistics are cached")
+        patch.setattr(distribution, "reference_images", no_real_images)
+        second = evaluate.evaluate(run["workdir"], num_samples=NUM_EVALUATED,
+                                   inception_weights=env["weights"], latency_iters=1)
+    return {"first": first, "written": written, "grid": grid, "second": second}
+
+
+def test_eval_json_has_every_metric_for_teachers_and_student(evaluated, run):
+    record = evaluated["first"]
+    assert evaluated["written"] == json.loads(json.dumps(record))
+    assert record["method"] == "omgd" and record["step"] == 1 and record["num_examples"] == NUM_EVALUATED
+    assert list(record["roles"]) == list(GENERATOR_ROLES) and "skipped" not in record
+    networks = run["summary"]["networks"]
+    for role in GENERATOR_ROLES:
+        metrics = record["roles"][role]
+        assert {"fid", "kid", "psnr", "ssim", "l1", "vol", "params", "macs", "latency_ms"} <= set(metrics)
+        assert "is" not in metrics  # 4 samples: fewer than IS's 10 splits.
+        # Same networks as training reported, counted the same way.
+        assert (metrics["params"], metrics["macs"]) == (networks[role]["params"], networks[role]["macs"])
+        assert metrics["latency_ms"] > 0 and np.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    student = record["roles"]["student"]
+    for teacher in ("teacher_wide", "teacher_deep"):
+        assert {f"psnr_vs_{teacher}", f"ssim_vs_{teacher}"} <= set(student)
+        ratios = record["student_vs"][teacher]
+        teacher_metrics = record["roles"][teacher]
+        assert ratios["speedup"] == pytest.approx(teacher_metrics["latency_ms"] / student["latency_ms"])
+        assert ratios["mac_compression"] == pytest.approx(teacher_metrics["macs"] / student["macs"])
+        assert ratios["param_compression"] == pytest.approx(teacher_metrics["params"] / student["params"])
+
+
+def test_eval_grid_has_one_column_per_sample_kind(evaluated):
+    # 3 rows; columns: input | three generators | target; 32 px images with 2 px padding.
+    assert evaluated["grid"].shape == (3 * 34 + 2, 5 * 34 + 2, 3)
+
+
+def test_reference_statistics_are_cached_and_reused(evaluated):
+    first, second = evaluated["first"], evaluated["second"]
+    assert not first["reference_stats"]["cached"] and second["reference_stats"]["cached"]
+    assert first["reference_stats"]["path"] == second["reference_stats"]["path"]
+    assert os.path.isfile(first["reference_stats"]["path"])
+    for role in GENERATOR_ROLES:
+        for metric in ("fid", "kid"):
+            assert second["roles"][role][metric] == pytest.approx(first["roles"][role][metric], rel=1e-6)
+
+
+def test_reference_key_changes_with_what_determines_the_statistics():
+    data = {"name": "embedded", "crop_size": 32, "num_threads": 2}
+    key = evaluate.reference_key(data, 8, (32, 32, 3), "ab" * 32)
+    assert key == evaluate.reference_key({**data, "num_threads": 8}, 8, (32, 32, 3), "ab" * 32)
+    assert key != evaluate.reference_key({**data, "crop_size": 64}, 8, (32, 32, 3), "ab" * 32)
+    assert key != evaluate.reference_key(data, 9, (32, 32, 3), "ab" * 32)
+    assert key != evaluate.reference_key(data, 8, (32, 32, 3), "cd" * 32)
+
+
+def test_table_shows_each_role_and_the_student_ratios(evaluated):
+    table = evaluate.format_table(evaluated["first"])
+    lines = table.splitlines()
+    assert "FID" in lines[1] and "PSNR" in lines[1] and "latency ms" in lines[1]
+    for role in GENERATOR_ROLES:
+        assert any(line.startswith(role) for line in lines)
+    assert any(line.startswith("student vs teacher_wide:") and "x faster" in line for line in lines)
+
+
+def test_without_inception_weights_the_rest_is_still_reported(run, tmp_path, monkeypatch):
+    # A copy of the run whose config names no weights file, and an empty cache (offline).
+    workdir = tmp_path / "run"
+    shutil.copytree(run["workdir"], workdir)
+    stored = json.loads((workdir / "config.json").read_text())
+    stored["eval"]["inception_weights"] = ""
+    (workdir / "config.json").write_text(json.dumps(stored))
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "empty_cache"))
+    record = evaluate.evaluate(str(workdir), num_samples=NUM_EVALUATED, latency_iters=1, num_sample_images=2)
+    (note,) = record["skipped"]
+    assert download.INCEPTION_FID.filename in note and evaluate.WEIGHTS_FLAG in note
+    assert "\n" not in note and "reference_stats" not in record
+    for role in GENERATOR_ROLES:
+        metrics = record["roles"][role]
+        assert "fid" not in metrics and "kid" not in metrics
+        assert {"psnr", "ssim", "vol", "params", "macs", "latency_ms"} <= set(metrics)
+    assert note in evaluate.format_table(record).splitlines()
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, run):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-m", "gankd_jax.evaluate",
+                             f"--workdir={tmp_path / 'nowhere'}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "does not exist" in result.stderr
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        evaluate.evaluate(str(tmp_path / "empty"))
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.json").write_text(
+        open(os.path.join(run["workdir"], "config.json")).read())
+    with pytest.raises(ValueError, match="no committed checkpoint"):
+        evaluate.evaluate(str(tmp_path / "fresh"))
+    with pytest.raises(ValueError, match="--num_samples must be >= 0"):
+        evaluate.evaluate(run["workdir"], num_samples=-1)
+    with pytest.raises(ValueError, match="--inception_weights: no such file"):
+        evaluate.evaluate(run["workdir"], inception_weights=str(tmp_path / "missing.pth"))
