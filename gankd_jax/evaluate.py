@@ -327,6 +327,8 @@ def main(argv):
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
     fail("--workdir is required (a run directory with config.json and checkpoints/)")
+  # orbax logs every read-only restore at INFO/WARNING; the table carries our own notes.
+  logging.set_verbosity(logging.ERROR)
   try:
     record = evaluate(FLAGS.workdir, num_samples=FLAGS.num_samples,
                       inception_weights=FLAGS.inception_weights, batch_size=FLAGS.batch_size,

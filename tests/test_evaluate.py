@@ -79,9 +79,11 @@ def test_training_loop_runs_declared_distribution_evaluators(run):
             assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0 and metrics["is"] >= 1.0
 
 
-def test_missing_inception_weights_give_a_note_not_an_error(env, tmp_path):
+def test_missing_inception_weights_give_a_note_not_an_error(env):
+    """The loop's distribution evaluators offline with an empty cache (env): skipped, one line."""
+    from gankd_jax import metrics
     config = tiny_config(**{"eval.evaluators": ("paired", "fid", "kid")})
-    evaluators, notes = train.metrics.get_distribution_evaluators(config.eval, None, 8)
+    evaluators, notes = metrics.get_distribution_evaluators(config.eval, None, 8)
     assert evaluators == []
     (note,) = notes
     assert note.startswith("fid, kid skipped:") and download.INCEPTION_FID.filename in note
