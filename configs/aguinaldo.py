@@ -58,7 +58,7 @@ def get_config(variant: str = "teacher") -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.5
   config.optimizer.b2 = 0.9
 
-  config.eval.evaluators = ()
+  config.eval.evaluators = ("sharpness",)  # VoL of every generator's outputs (FID / IS: the experiment)
   config.eval.batch_size = 128
   config.eval.num_sample_images = 16
   return config

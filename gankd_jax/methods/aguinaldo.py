@@ -261,8 +261,15 @@ class Aguinaldo(Method):
   def _critic_loss(self, d_params, d_stats, real, fake, rng):
     """The critic's loss on one real and one fake batch (+ gradient penalty for WGAN-GP)."""
     cfg = self.loss_cfg
-    both, stats = self._critic(d_params, d_stats, jnp.concatenate([real, fake]))
-    real_logits, fake_logits = jnp.split(both, 2)
+    if self.config.discriminator.norm == "batch":
+      # As DCGAN: real and fake batches in separate passes, so BatchNorm never mixes their
+      # statistics (a mixed batch lets D separate them by batch statistics alone, and the
+      # generator step, which shows D fakes only, then sees another D).
+      real_logits, stats = self._critic(d_params, d_stats, real)
+      fake_logits, stats = self._critic(d_params, stats, fake)
+    else:  # Per-example critic: one pass over both.
+      both, stats = self._critic(d_params, d_stats, jnp.concatenate([real, fake]))
+      real_logits, fake_logits = jnp.split(both, 2)
     if cfg.gan == gan.WASSERSTEIN_GP:
       loss = gan.wasserstein_critic_loss(real_logits, fake_logits)
       penalty = gan.gradient_penalty(lambda x: self._critic(d_params, d_stats, x)[0], real, fake, rng)
