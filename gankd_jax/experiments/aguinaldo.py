@@ -54,7 +54,11 @@ flags.DEFINE_string("gan", "hinge", "GAN loss of every adversarial run: hinge (D
 flags.DEFINE_integer("teacher_iters", 2000, "Teacher generator updates (x n_critic critic steps).")
 flags.DEFINE_integer("student_iters", 1500, "Generator updates of every student.")
 flags.DEFINE_integer("critic_d", 8, "Depth scale factor of the students' critics (joint, scratch).")
-flags.DEFINE_float("alpha", 0.5, "Joint distillation: weight of the adversarial term.")
+# alpha balances loss terms of different scales: with the hinge critic the adversarial term is
+# ~1 while the pixel MSE to the teacher is ~0.1. Measured at d=2 (1500 updates, critic d=8):
+# alpha 0.5 and 0.1 let the critic swamp the student (noise, IS 1.2 / 3.3), alpha 0.02 gives
+# digits sharper than MSE alone (FID 782 vs 1004, IS 5.6 vs 5.2, VoL 1715 vs 1131).
+flags.DEFINE_float("alpha", 0.02, "Joint distillation: weight of the adversarial term.")
 flags.DEFINE_float("lr", 2e-4, "Adam learning rate of every run.")
 flags.DEFINE_integer("batch_size", 64, "Batch size of every run.")
 flags.DEFINE_integer("num_samples", 2000, "Generated images per row for FID / IS / VoL.")

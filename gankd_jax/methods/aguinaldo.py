@@ -152,7 +152,8 @@ class Aguinaldo(Method):
         raise ValueError(
             f"teacher.workdir is empty, so the teacher trains first in this run: "
             f"teacher.num_train_steps ({self.teacher_steps}) must be in (0, num_train_steps="
-            f"{config.num_train_steps})")
+            f"{config.num_train_steps}); set --config.teacher.workdir=DIR (a teacher run) or "
+            f"--config.num_train_steps={max(self.teacher_steps, 0) + config.num_train_steps}")
     if teacher_d <= 0 and self.mode != "scratch":
       raise ValueError("teacher.d (the depth scale factor) must be a positive integer, got 0")
 
