@@ -43,16 +43,21 @@ STATS_FORMAT = 1  # Bump when the cached reference statistics change meaning.
 WEIGHTS_FLAG = "--inception_weights"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).")
-flags.DEFINE_integer("num_samples", 0, "Evaluate the first N examples of the evaluation split; "
-                     "0: all of it.")
-flags.DEFINE_string("inception_weights", "", "pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                    "(or .npz); default: the run's config.eval.inception_weights, else the cache.")
-flags.DEFINE_integer("batch_size", 0, "Global evaluation batch; 0: the run's config.eval.batch_size.")
-flags.DEFINE_string("stats_cache", "", "Directory of cached reference statistics; default "
-                    "$GANKD_CACHE/reference_stats (~/.cache/gankd_jax/reference_stats).")
-flags.DEFINE_integer("latency_iters", 20, "Timed batch-1 calls per network (median reported).")
-flags.DEFINE_integer("num_sample_images", 8, "Rows of eval_grid.png.")
+
+
+def define_flags():
+  """Defines the command's flags; only when run as a command, so that importing this module
+  beside another command (tests, notebooks) does not define a flag twice."""
+  flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).")
+  flags.DEFINE_integer("num_samples", 0, "Evaluate the first N examples of the evaluation split; "
+                       "0: all of it.")
+  flags.DEFINE_string("inception_weights", "", "pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                      "(or .npz); default: the run's config.eval.inception_weights, else the cache.")
+  flags.DEFINE_integer("batch_size", 0, "Global evaluation batch; 0: the run's config.eval.batch_size.")
+  flags.DEFINE_string("stats_cache", "", "Directory of cached reference statistics; default "
+                      "$GANKD_CACHE/reference_stats (~/.cache/gankd_jax/reference_stats).")
+  flags.DEFINE_integer("latency_iters", 20, "Timed batch-1 calls per network (median reported).")
+  flags.DEFINE_integer("num_sample_images", 8, "Rows of eval_grid.png.")
 
 
 # --------------------------------------------------------------------------------- the run
@@ -342,4 +347,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

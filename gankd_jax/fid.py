@@ -23,11 +23,16 @@ from absl import app, flags
 from gankd_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("inception_weights", None,
-                    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz of the same tensors).")
-flags.DEFINE_integer("batch_size", 50, "Images per Inception batch (rounded up to the device count).")
-flags.DEFINE_bool("save_stats", False, "Write the statistics of PATH (a folder) to OUT.npz instead.")
-flags.DEFINE_integer("num_devices", 0, "Devices to shard batches over (0: all).")
+
+
+def define_flags():
+    """Defines the command's flags; only when run as a command, so that importing this module
+    beside another command (tests, notebooks) does not define a flag twice."""
+    flags.DEFINE_string("inception_weights", None,
+                        "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz of the same tensors).")
+    flags.DEFINE_integer("batch_size", 50, "Images per Inception batch (rounded up to the device count).")
+    flags.DEFINE_bool("save_stats", False, "Write the statistics of PATH (a folder) to OUT.npz instead.")
+    flags.DEFINE_integer("num_devices", 0, "Devices to shard batches over (0: all).")
 
 
 def list_folder_images(folder: str) -> list[str]:
@@ -120,4 +125,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

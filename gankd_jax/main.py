@@ -15,17 +15,22 @@ from ml_collections import config_flags
 from gankd_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (optionally :VARIANT).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and summary.json.")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0, for multi-process runs (not needed on Cloud TPU).")
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", None, "Index of this process in a multi-process run.")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() even without the three flags above, letting JAX "
-                  "find the coordinator, process count and index (Cloud TPU pods, SLURM).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags():
+  """Defines the command's flags; only when run as a command, so that importing this module
+  beside another command (tests, notebooks) does not define a flag twice."""
+  config_flags.DEFINE_config_file("config", None, "Config file (optionally :VARIANT).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and summary.json.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, for multi-process runs (not needed on Cloud TPU).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "Index of this process in a multi-process run.")
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize() even without the three flags above, letting JAX "
+                    "find the coordinator, process count and index (Cloud TPU pods, SLURM).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -54,4 +59,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

@@ -14,9 +14,14 @@ from ml_collections import config_flags
 from gankd_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (optionally :VARIANT).", lock_config=True)
-flags.DEFINE_bool("json", False, "Print {\"networks\": {ROLE: {\"params\", \"macs\"}}} as JSON.")
-flags.mark_flags_as_required(["config"])
+
+
+def define_flags():
+  """Defines the command's flags; only when run as a command, so that importing this module
+  beside another command (tests, notebooks) does not define a flag twice."""
+  config_flags.DEFINE_config_file("config", None, "Config file (optionally :VARIANT).", lock_config=True)
+  flags.DEFINE_bool("json", False, "Print {\"networks\": {ROLE: {\"params\", \"macs\"}}} as JSON.")
+  flags.mark_flags_as_required(["config"])
 
 
 def compute(config) -> dict:
@@ -59,4 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

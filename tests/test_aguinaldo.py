@@ -71,7 +71,8 @@ def test_mse_distillation_drives_the_student_to_its_teacher_on_a_fixed_latent_ba
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_joint_loss_is_the_convex_combination(alpha):
-  config = tiny_config("joint", **{"loss.alpha": alpha})
+  # Hinge (no gradient penalty): the weights are the point here, and it compiles 3x faster.
+  config = tiny_config("joint", **{"loss.alpha": alpha, "loss.gan": "hinge", "loss.n_critic": 1})
   method = build_method(config)
   state, batch = init(method, config)
   frozen = {"teacher": state.teacher.variables()}

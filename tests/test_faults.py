@@ -37,6 +37,7 @@ def stop_agreed(requested, sync_point):
   return _stop_agreed(requested, sync_point)
 
 train._stop_agreed = stop_agreed
+main.define_flags()
 app.run(main.main, flags_parser=parse_flags)
 '''
 

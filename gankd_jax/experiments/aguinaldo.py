@@ -42,30 +42,35 @@ from absl import app, flags, logging
 from gankd_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for the runs and the results.")
-flags.DEFINE_string("dataset", "digits", "digits | mnist | cifar10 | celeb_a | image_folder")
-flags.DEFINE_string("data_path", None, "Folder of images, for --dataset=image_folder.")
-flags.DEFINE_integer("image_size", 0, "Image side (0: 32, or 64 for celeb_a).")
-flags.DEFINE_integer("teacher_d", 32, "Teacher depth scale factor.")
-flags.DEFINE_list("d_list", ["1", "2", "4"], "Student depth scale factors.")
-flags.DEFINE_string("gan", "hinge", "GAN loss of every adversarial run: hinge (DCGAN's recipe: "
-                    "BatchNorm critic, 1 critic step per generator update, Adam(lr, 0.5, 0.999)) "
-                    "or wgan_gp (the paper's: layer-norm critic, 5 critic steps, Adam(lr, 0.5, 0.9)).")
-flags.DEFINE_integer("teacher_iters", 2000, "Teacher generator updates (x n_critic critic steps).")
-flags.DEFINE_integer("student_iters", 1500, "Generator updates of every student.")
-flags.DEFINE_integer("critic_d", 8, "Depth scale factor of the students' critics (joint, scratch).")
-# alpha balances loss terms of different scales: with the hinge critic the adversarial term is
-# ~1 while the pixel MSE to the teacher is ~0.1. Measured at d=2 (1500 updates, critic d=8):
-# alpha 0.5 and 0.1 let the critic swamp the student (noise, IS 1.2 / 3.3), alpha 0.02 gives
-# digits sharper than MSE alone (FID 782 vs 1004, IS 5.6 vs 5.2, VoL 1715 vs 1131).
-flags.DEFINE_float("alpha", 0.02, "Joint distillation: weight of the adversarial term.")
-flags.DEFINE_float("lr", 2e-4, "Adam learning rate of every run.")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every run.")
-flags.DEFINE_integer("num_samples", 2000, "Generated images per row for FID / IS / VoL.")
-flags.DEFINE_integer("max_reference", 10000, "Real training images for the FID reference.")
-flags.DEFINE_string("inception_weights", None, "pytorch-fid Inception weights (colour datasets).")
-flags.DEFINE_integer("seed", 0, "Seed of every run and of the evaluation latents.")
-flags.mark_flags_as_required(["workdir"])
+
+
+def define_flags():
+  """Defines the command's flags; only when run as a command, so that importing this module
+  beside another command (tests, notebooks) does not define a flag twice."""
+  flags.DEFINE_string("workdir", None, "Directory for the runs and the results.")
+  flags.DEFINE_string("dataset", "digits", "digits | mnist | cifar10 | celeb_a | image_folder")
+  flags.DEFINE_string("data_path", None, "Folder of images, for --dataset=image_folder.")
+  flags.DEFINE_integer("image_size", 0, "Image side (0: 32, or 64 for celeb_a).")
+  flags.DEFINE_integer("teacher_d", 32, "Teacher depth scale factor.")
+  flags.DEFINE_list("d_list", ["1", "2", "4"], "Student depth scale factors.")
+  flags.DEFINE_string("gan", "hinge", "GAN loss of every adversarial run: hinge (DCGAN's recipe: "
+                      "BatchNorm critic, 1 critic step per generator update, Adam(lr, 0.5, 0.999)) "
+                      "or wgan_gp (the paper's: layer-norm critic, 5 critic steps, Adam(lr, 0.5, 0.9)).")
+  flags.DEFINE_integer("teacher_iters", 2000, "Teacher generator updates (x n_critic critic steps).")
+  flags.DEFINE_integer("student_iters", 1500, "Generator updates of every student.")
+  flags.DEFINE_integer("critic_d", 8, "Depth scale factor of the students' critics (joint, scratch).")
+  # alpha balances loss terms of different scales: with the hinge critic the adversarial term is
+  # ~1 while the pixel MSE to the teacher is ~0.1. Measured at d=2 (1500 updates, critic d=8):
+  # alpha 0.5 and 0.1 let the critic swamp the student (noise, IS 1.2 / 3.3), alpha 0.02 gives
+  # digits sharper than MSE alone (FID 782 vs 1004, IS 5.6 vs 5.2, VoL 1715 vs 1131).
+  flags.DEFINE_float("alpha", 0.02, "Joint distillation: weight of the adversarial term.")
+  flags.DEFINE_float("lr", 2e-4, "Adam learning rate of every run.")
+  flags.DEFINE_integer("batch_size", 64, "Batch size of every run.")
+  flags.DEFINE_integer("num_samples", 2000, "Generated images per row for FID / IS / VoL.")
+  flags.DEFINE_integer("max_reference", 10000, "Real training images for the FID reference.")
+  flags.DEFINE_string("inception_weights", None, "pytorch-fid Inception weights (colour datasets).")
+  flags.DEFINE_integer("seed", 0, "Seed of every run and of the evaluation latents.")
+  flags.mark_flags_as_required(["workdir"])
 
 METHODS = ("mse", "joint", "scratch")
 DIGIT_DATASETS = ("digits", "mnist")
@@ -462,4 +467,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)
