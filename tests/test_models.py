@@ -413,3 +413,20 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="unknown norm 'group'"):
         build_generator("unet", norm="group", num_downs=5).init(
             jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad", [
+    ((2, 70, 70, 32), (3, 3, 32, 32), 1, 0),    # wide, > 64x64 outputs: im2col
+    ((1, 80, 80, 3), (1, 1, 3, 8), 1, 0),       # 1x1: a matmul at any size
+    ((2, 10, 10, 8), (4, 4, 8, 16), 2, 1),      # small output: im2col
+    ((1, 70, 70, 8), (3, 3, 8, 8), 1, 1),       # narrow, large output: XLA's convolution
+])
+def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad):
+  from gankd_jax.models import layers
+  kx, kk = jax.random.split(jax.random.key(0))
+  x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, kernel_shape)
+  padding = [(pad, pad)] * 2
+  ours = layers.conv_general_dilated(x, kernel, (stride, stride), padding)
+  reference = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)

@@ -78,10 +78,27 @@ class Norm(nn.Module):
 
 
 # XLA:CPU's convolution is slow on small feature maps with many channels (a 3x3 conv
-# 1024->2048 on 2x2 maps: 1030 ms, vs 12 ms as one matmul) and in most backward passes; as an
-# explicit im2col + matmul it is as fast or faster up to 64x64 outputs (fwd+bwd, measured on a
-# 2-core CPU). Larger maps keep XLA's convolution, which also avoids k*k-fold im2col memory.
+# 1024->2048 on 2x2 maps: 1030 ms, vs 12 ms as one matmul), on 1x1 convs, and in most backward
+# passes. An explicit im2col + matmul is faster (fwd+bwd, batch 4, 2-core CPU) for every 1x1 conv
+# (128x128, 128->32: 112 vs 21 ms), for outputs up to 64x64, and for wider inputs at any size
+# (3x3 128->128 at 128x128: 874 vs 482 ms; 64->64 at 256x256: 1574 vs 1057 ms), but not for
+# narrow inputs or outputs on large maps (3x3 16->16 at 256x256: 47 vs 164 ms; the U-Net's
+# 128->12 output conv). The k*k-fold patches are kept for the backward pass, so large ones stay
+# with XLA's convolution.
 MATMUL_CONV_MAX_PIXELS = 64 * 64
+MATMUL_CONV_MIN_CHANNELS = 32
+MATMUL_CONV_MAX_PATCH_BYTES = 1 << 30
+
+
+def use_matmul_conv(x_shape, kernel_shape, out_hw) -> bool:
+    """Whether the im2col + matmul form of this (plain, ungrouped) conv is the faster one."""
+    kh, kw, c_in, c_out = kernel_shape
+    pixels = out_hw[0] * out_hw[1]
+    if kh * kw == 1 or pixels <= MATMUL_CONV_MAX_PIXELS:
+        return True
+    patch_bytes = x_shape[0] * pixels * kh * kw * c_in * 4
+    return (min(c_in, c_out) >= MATMUL_CONV_MIN_CHANNELS
+            and patch_bytes <= MATMUL_CONV_MAX_PATCH_BYTES)
 
 
 def _conv_as_matmul(x, kernel, strides, padding):
@@ -105,7 +122,7 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
         kh, kw = kernel.shape[:2]
         ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
         wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
-        if ho * wo <= MATMUL_CONV_MAX_PIXELS:
+        if use_matmul_conv(x.shape, kernel.shape, (ho, wo)):
             return _conv_as_matmul(x, kernel, window_strides, padding)
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
