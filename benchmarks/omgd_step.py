@@ -46,6 +46,8 @@ def time_step(step_fn, state, batch, frozen, warmup, steps):
 
 def main(argv):
   del argv
+  from gankd_jax import xla_cpu
+  xla_note = xla_cpu.configure(FLAGS.config.data.crop_size)
   import jax
   import jax.numpy as jnp
   from gankd_jax import parallel, train
@@ -79,7 +81,7 @@ def main(argv):
   student, state = time_step(train.make_train_step(method, mesh, method.phase(1)), state, batch,
                              frozen, FLAGS.warmup, FLAGS.steps)
   print(f"{size}x{size}, batch {FLAGS.batch_size}, {mesh.size} device(s) "
-        f"({jax.devices()[0].platform}), {vgg_note}")
+        f"({jax.devices()[0].platform}), {vgg_note}" + (f"; {xla_note}" if xla_note else ""))
   print(f"full step (teachers + D + student): {full:.3f} s   (PyTorch reference on 2 CPU cores: 12.5 s)")
   print(f"student-only step:                  {student:.3f} s   (PyTorch reference: 6.1 s)")
   if FLAGS.json:

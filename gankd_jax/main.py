@@ -36,7 +36,12 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  from gankd_jax import xla_cpu
+  data = FLAGS.config.get("data", {})
+  xla_note = xla_cpu.configure(data.get("crop_size", data.get("image_size", 0)))
   import jax
+  if xla_note:
+    logging.info(xla_note)
   if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
     # Flags left unset are found by JAX's cluster detection.
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

@@ -415,14 +415,16 @@ def test_registry_errors():
             jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
-@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad", [
-    ((2, 70, 70, 32), (3, 3, 32, 32), 1, 0),    # wide, > 64x64 outputs: im2col
-    ((1, 80, 80, 3), (1, 1, 3, 8), 1, 0),       # 1x1: a matmul at any size
-    ((2, 10, 10, 8), (4, 4, 8, 16), 2, 1),      # small output: im2col
-    ((1, 70, 70, 8), (3, 3, 8, 8), 1, 1),       # narrow, large output: XLA's convolution
+@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad, as_matmul", [
+    ((1, 80, 80, 3), (1, 1, 3, 8), 1, 0, True),       # 1x1: a matmul at any size
+    ((2, 10, 10, 8), (4, 4, 8, 16), 2, 1, True),      # output 5x5: im2col
+    ((2, 11, 11, 8), (3, 3, 8, 16), 1, 0, False),     # output 9x9: XLA's convolution
+    ((1, 70, 70, 32), (3, 3, 32, 32), 1, 1, False),   # large output: XLA's convolution
 ])
-def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad):
+def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad, as_matmul):
   from gankd_jax.models import layers
+  out = (x_shape[1] + 2 * pad - kernel_shape[0]) // stride + 1
+  assert layers.use_matmul_conv(kernel_shape, (out, out)) == as_matmul
   kx, kk = jax.random.split(jax.random.key(0))
   x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, kernel_shape)
   padding = [(pad, pad)] * 2

@@ -77,28 +77,20 @@ class Norm(nn.Module):
             scale_init=bn_scale_init, bias_init=nn.initializers.zeros, name="bn")(x)
 
 
-# XLA:CPU's convolution is slow on small feature maps with many channels (a 3x3 conv
-# 1024->2048 on 2x2 maps: 1030 ms, vs 12 ms as one matmul), on 1x1 convs, and in most backward
-# passes. An explicit im2col + matmul is faster (fwd+bwd, batch 4, 2-core CPU) for every 1x1 conv
-# (128x128, 128->32: 112 vs 21 ms), for outputs up to 64x64, and for wider inputs at any size
-# (3x3 128->128 at 128x128: 874 vs 482 ms; 64->64 at 256x256: 1574 vs 1057 ms), but not for
-# narrow inputs or outputs on large maps (3x3 16->16 at 256x256: 47 vs 164 ms; the U-Net's
-# 128->12 output conv). The k*k-fold patches are kept for the backward pass, so large ones stay
-# with XLA's convolution.
-MATMUL_CONV_MAX_PIXELS = 64 * 64
-MATMUL_CONV_MIN_CHANNELS = 32
-MATMUL_CONV_MAX_PATCH_BYTES = 1 << 30
+# XLA:CPU's convolution is very slow on small feature maps with many channels (a 3x3 conv
+# 1024->2048 on 2x2 maps: 1.3 s, vs 38 ms as one matmul) and on 1x1 convs (fwd+bwd, batch 4,
+# 128x128, 16->64: 162 vs 8 ms), so those run as im2col + matmul. On larger outputs XLA's own
+# convolution is the faster one once its weight gradients run in YNNPACK (xla_cpu.py; 3x3
+# 128->128 at 128x128: 246 vs ~480 ms), and for narrow convs in any case (the U-Net's 128->12
+# output conv: 77 vs 302 ms); without YNNPACK this rule is also the faster one at 64x64
+# (OMGD default fused step 0.50 s, vs 0.54 s with wide convs as im2col up to 64x64 outputs).
+MATMUL_CONV_MAX_PIXELS = 8 * 8
 
 
-def use_matmul_conv(x_shape, kernel_shape, out_hw) -> bool:
+def use_matmul_conv(kernel_shape, out_hw) -> bool:
     """Whether the im2col + matmul form of this (plain, ungrouped) conv is the faster one."""
-    kh, kw, c_in, c_out = kernel_shape
-    pixels = out_hw[0] * out_hw[1]
-    if kh * kw == 1 or pixels <= MATMUL_CONV_MAX_PIXELS:
-        return True
-    patch_bytes = x_shape[0] * pixels * kh * kw * c_in * 4
-    return (min(c_in, c_out) >= MATMUL_CONV_MIN_CHANNELS
-            and patch_bytes <= MATMUL_CONV_MAX_PATCH_BYTES)
+    kh, kw = kernel_shape[:2]
+    return kh * kw == 1 or out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS
 
 
 def _conv_as_matmul(x, kernel, strides, padding):
@@ -122,7 +114,7 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
         kh, kw = kernel.shape[:2]
         ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
         wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
-        if use_matmul_conv(x.shape, kernel.shape, (ho, wo)):
+        if use_matmul_conv(kernel.shape, (ho, wo)):
             return _conv_as_matmul(x, kernel, window_strides, padding)
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
