@@ -432,3 +432,47 @@ def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad
   reference = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_norms_match_flax_batchnorm_and_plain_instance_norm():
+  """layers.BatchNorm / instance_norm sum by matrix products in a custom VJP; values, running
+  statistics and gradients must equal flax's nn.BatchNorm and the textbook instance norm."""
+  import flax.linen as nn
+  from gankd_jax.models import layers
+  x = jax.random.normal(jax.random.key(0), (3, 9, 7, 5)) * 2 + 1
+  weights = jax.random.normal(jax.random.key(3), x.shape)
+  scale_init = lambda key, shape, dtype=jnp.float32: 1 + 0.1 * jax.random.normal(key, shape, dtype)
+  reference, ours = nn.BatchNorm(momentum=0.9, epsilon=1e-5, scale_init=scale_init), layers.BatchNorm(
+      scale_init=scale_init)
+  ref_vars = reference.init(jax.random.key(1), x, use_running_average=False)
+  our_vars = ours.init(jax.random.key(1), x, use_running_average=False)
+  assert jax.tree_util.tree_map(jnp.shape, ref_vars) == jax.tree_util.tree_map(jnp.shape, our_vars)
+
+  def train_apply(module, params, stats, x):
+    return module.apply({"params": params, "batch_stats": stats}, x, use_running_average=False,
+                        mutable=["batch_stats"])
+
+  (ref_y, ref_stats), (our_y, our_stats) = (
+      train_apply(m, v["params"], v["batch_stats"], x)
+      for m, v in ((reference, ref_vars), (ours, our_vars)))
+  np.testing.assert_allclose(our_y, ref_y, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(our_stats), jax.tree_util.tree_leaves(ref_stats)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  ref_grads, our_grads = (
+      jax.grad(lambda p, x: jnp.sum(weights * train_apply(m, p, v["batch_stats"], x)[0]),
+               argnums=(0, 1))(v["params"], x)
+      for m, v in ((reference, ref_vars), (ours, our_vars)))
+  for a, b in zip(jax.tree_util.tree_leaves(our_grads), jax.tree_util.tree_leaves(ref_grads)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  np.testing.assert_allclose(
+      ours.apply({"params": our_vars["params"], **our_stats}, x, use_running_average=True),
+      reference.apply({"params": ref_vars["params"], **ref_stats}, x, use_running_average=True),
+      atol=1e-5)
+
+  def textbook_instance_norm(x):
+    mean = x.mean((1, 2), keepdims=True)
+    return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean((1, 2), keepdims=True) + 1e-5)
+  np.testing.assert_allclose(layers.instance_norm(x), textbook_instance_norm(x), atol=1e-5)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(weights * layers.instance_norm(x)))(x),
+                             jax.grad(lambda x: jnp.sum(weights * textbook_instance_norm(x)))(x),
+                             atol=1e-4)

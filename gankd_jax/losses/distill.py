@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gankd_jax.models.layers import BatchNorm
+
 
 def _normal_around_one(stddev: float):
     def init(key, shape, dtype=jnp.float32):
@@ -36,9 +38,8 @@ class ChannelConnector(nn.Module):
     def __call__(self, x, *, train: bool = True):
         x = nn.Conv(self.teacher_channels, (1, 1), use_bias=False,
                     kernel_init=nn.initializers.normal(0.02), name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         scale_init=_normal_around_one(0.02), bias_init=nn.initializers.zeros,
-                         name="norm")(x)
+        x = BatchNorm(scale_init=_normal_around_one(0.02), name="norm")(
+            x, use_running_average=not train)
         return nn.relu(x)
 
 
