@@ -434,12 +434,14 @@ def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_matmul_norms_match_flax_batchnorm_and_plain_instance_norm():
+@pytest.mark.parametrize("shape", [(3, 9, 7, 5), (2, 33, 32, 3)])  # plain sums; >= 1024 rows: products
+def test_matmul_norms_match_flax_batchnorm_and_plain_instance_norm(shape):
   """layers.BatchNorm / instance_norm sum by matrix products in a custom VJP; values, running
   statistics and gradients must equal flax's nn.BatchNorm and the textbook instance norm."""
   import flax.linen as nn
   from gankd_jax.models import layers
-  x = jax.random.normal(jax.random.key(0), (3, 9, 7, 5)) * 2 + 1
+  assert (shape[1] * shape[2] >= layers.MATMUL_SUM_MIN_ROWS) == (shape[0] == 2)
+  x = jax.random.normal(jax.random.key(0), shape) * 2 + 1
   weights = jax.random.normal(jax.random.key(3), x.shape)
   scale_init = lambda key, shape, dtype=jnp.float32: 1 + 0.1 * jax.random.normal(key, shape, dtype)
   reference, ours = nn.BatchNorm(momentum=0.9, epsilon=1e-5, scale_init=scale_init), layers.BatchNorm(
