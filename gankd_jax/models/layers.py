@@ -129,6 +129,7 @@ class BatchNorm(nn.Module):
             return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
         rows = x.reshape(1, -1, c)
         if not self.is_initializing():
+            # The same products as inside _normalize: XLA computes them once (2 dots forward).
             mean, var = jax.lax.stop_gradient(group_moments(rows))
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.reshape(c)
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.reshape(c)
