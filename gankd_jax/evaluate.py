@@ -170,14 +170,15 @@ def evaluation_pass(method, state, frozen, eval_data, mesh, batch_size: int, num
   distribution metrics by role)."""
   import jax
   import numpy as np
-  from gankd_jax import parallel
+  from gankd_jax import parallel, visualize
   from gankd_jax.data import pipeline
   from gankd_jax.train import make_eval_step
 
   eval_step = make_eval_step(method, mesh, evaluators)
   passes = [inception.start(num_examples)] if inception is not None else []
   sums: dict[str, float] = {}
-  count, columns, roles = 0, None, []
+  count, roles = 0, []
+  samples = visualize.SampleRows(num_examples, num_sample_images)
   for local in pipeline.eval_batches(eval_data, batch_size, jax.process_index(),
                                      jax.process_count(), max_examples=num_examples):
     on_device = eval_step(state, parallel.global_batch(local, mesh), frozen)
@@ -188,15 +189,13 @@ def evaluation_pass(method, state, frozen, eval_data, mesh, batch_size: int, num
     for name, values in per_example.items():
       sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
     count += int(mask.sum())
-    if columns is None:
-      rows = min(num_sample_images, int(mask.sum()))
-      columns = [np.asarray(c)[:rows] for c in method.sample_columns(batch, outputs)]
-      roles = [role for role in method.roles if role in outputs]
+    samples.add(len(mask), lambda: method.sample_columns(batch, outputs))
+    roles = roles or [role for role in method.roles if role in outputs]
   means = {name: total / max(count, 1) for name, total in sums.items()}
   distribution = {}
   for evaluator_pass in passes:
     distribution.update(evaluator_pass.result())
-  return means, count, columns, roles, distribution
+  return means, count, samples.columns(), roles, distribution
 
 
 def cost(method, state, roles, latency_iters: int) -> dict[str, dict[str, float]]:

@@ -111,7 +111,7 @@ def evaluate(run: Run, eval_step, state, step: int, writer, distribution=((), ()
   passes = [evaluator.start(num_examples) for evaluator in distribution[0]]
   sums: dict[str, float] = {}
   count = 0
-  sample_columns = None
+  samples = visualize.SampleRows(num_examples, cfg.num_sample_images)
   for local in pipeline.eval_batches(run.eval_data, batch_size, jax.process_index(),
                                      jax.process_count(), max_examples=cfg.max_examples):
     on_device = eval_step(state, parallel.global_batch(local, run.mesh))
@@ -122,16 +122,14 @@ def evaluate(run: Run, eval_step, state, step: int, writer, distribution=((), ()
     for name, values in per_example.items():
       sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
     count += int(mask.sum())
-    if sample_columns is None:
-      rows = min(cfg.num_sample_images, int(mask.sum()))
-      sample_columns = [column[:rows] for column in run.method.sample_columns(batch, outputs)]
+    samples.add(len(mask), lambda: run.method.sample_columns(batch, outputs))
   result: dict[str, dict[str, float]] = {}
   for name, total in sums.items():
     group, metric = name.split("/", 1)
     result.setdefault(group, {})[metric] = total / max(count, 1)
   if jax.process_index() == 0:
     writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result).items()})
-    grid = visualize.image_grid(sample_columns)
+    grid = visualize.image_grid(samples.columns())
     visualize.save_png(grid, checkpointing.as_path(run.workdir) / "samples" / f"step_{step:07d}.png")
     writer.write_images(step, {"samples": grid[None]})
   for evaluator_pass in passes:

@@ -29,6 +29,39 @@ def image_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
   return grid
 
 
+def spread_indices(num_examples: int, num_rows: int) -> np.ndarray:
+  """Up to `num_rows` example indices spread evenly over [0, num_examples), both ends included."""
+  num_rows = min(num_rows, num_examples)
+  if num_rows <= 0:
+    return np.zeros((0,), np.int64)
+  return np.unique(np.round(np.linspace(0, num_examples - 1, num_rows)).astype(np.int64))
+
+
+class SampleRows:
+  """The sample grid's rows, gathered batch by batch during one pass over an evaluation split.
+
+  The rows are spread evenly over the split rather than taken from its first batch: a split is
+  often ordered (the embedded one by source photo and crop scale), and the first batch would
+  show one photo only.
+  """
+
+  def __init__(self, num_examples: int, num_rows: int):
+    self._wanted = spread_indices(num_examples, num_rows)
+    self._seen = 0
+    self._parts: list[list[np.ndarray]] = []
+
+  def add(self, batch_size: int, make_columns) -> None:
+    """Next global batch of `batch_size` examples; `make_columns()` gives its grid columns."""
+    hits = self._wanted[(self._wanted >= self._seen) & (self._wanted < self._seen + batch_size)]
+    if hits.size:
+      self._parts.append([np.asarray(c)[hits - self._seen] for c in make_columns()])
+    self._seen += batch_size
+
+  def columns(self) -> list[np.ndarray]:
+    """One (rows, H, W, C) array per column, in example order."""
+    return [np.concatenate(parts) for parts in zip(*self._parts)]
+
+
 def save_png(image: np.ndarray, path: str | epath.Path) -> None:
   """Writes a temporary file and renames it (readers never see half a PNG); local or gs://."""
   path = epath.Path(path)
