@@ -1,8 +1,11 @@
 """Tests for the Flax VGG16 trunk: torchvision weight conversion and a NumPy reference forward."""
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gankd_jax.models import vgg
 from gankd_jax.models.vgg import (IMAGENET_MEAN, IMAGENET_STD, VGG16Features, load_vgg16,
                                   vgg16_params_from_state_dict)
 from gankd_jax.weights.torch_pth import save_state_dict
@@ -128,3 +131,14 @@ def test_load_vgg16_from_pth_and_npz(tmp_path, state_and_params):
             np.testing.assert_array_equal(loaded[name]["bias"], params[name]["bias"])
     with pytest.raises(ValueError, match="does not exist"):
         load_vgg16(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])  # odd sides: torch floors them
+def test_max_pool_matches_reduce_window_values_and_gradients(shape):
+    """The reshape max pool is flax's reduce-window max pool, forward and backward (no ties)."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(vgg._max_pool_2x2(x), reference(x))
+    weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(weights * pool(x)))(x)
+    np.testing.assert_array_equal(grad(vgg._max_pool_2x2), grad(reference))
