@@ -37,9 +37,9 @@ FAMILIES = {
 # The default: small enough to train in minutes on a 2-core CPU at 64x64. The U-Net family,
 # because XLA:CPU runs its plain convolutions 2x faster than mobile_resnet's depthwise ones
 # (measured at ngf 32/8/8: 0.55 s vs 1.05 s per fused step at batch 4), with instance norm
-# instead of the reference's batch norm: batch-4 running statistics describe held-out images poorly (the
-# batch-norm deep teacher printed flat red in evaluation), and instance norm behaves the same in
-# training and evaluation. Student and deep teacher at ngf 16, not 8: an ngf-8 student learns
+# instead of the reference's batch norm: batch-4 running statistics describe held-out images
+# poorly (the batch-norm deep teacher printed flat red in evaluation), and instance norm behaves
+# the same in training and evaluation. Student and deep teacher at ngf 16, not 8: an ngf-8 student learns
 # too slowly to follow the moving teachers within the default's budget (it explained under 10%
 # of the wide teacher's held-out variance; at ngf 16, two thirds), as in the reference setups
 # where the deep teacher is as wide as the student.
