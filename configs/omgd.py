@@ -39,10 +39,10 @@ FAMILIES = {
 # (measured at ngf 32/8/8: 0.55 s vs 1.05 s per fused step at batch 4), with instance norm
 # instead of the reference's batch norm: batch-4 running statistics describe held-out images
 # poorly (the batch-norm deep teacher printed flat red in evaluation), and instance norm behaves
-# the same in training and evaluation. Student and deep teacher at ngf 16, not 8: an ngf-8 student learns
-# too slowly to follow the moving teachers within the default's budget (it explained under 10%
-# of the wide teacher's held-out variance; at ngf 16, two thirds), as in the reference setups
-# where the deep teacher is as wide as the student.
+# the same in training and evaluation. Student and deep teacher at ngf 16, not 8: an ngf-8
+# student learns too slowly to follow the moving teachers within the default's budget (it
+# explained under 10% of the wide teacher's held-out variance; at ngf 16, two thirds); the deep
+# teacher as wide as the student, as in the reference setups.
 # (generator family, wide ngf, deep ngf, student ngf, ndf, norm).
 DEFAULT_SETUP = ("unet", 32, 16, 16, 64, "instance")
 # The default's size and data with the reference norms (the tests' small runs start from unet64).
