@@ -156,7 +156,7 @@ def test_main_end_to_end_on_the_embedded_data(tmp_path):
   for group in ("student", "teacher_wide", "teacher_deep", "student_vs_teacher_wide"):
     assert set(summary["eval_end"][group]) == {"psnr", "ssim", "l1"}
   assert summary["losses"] == {"gan": 1.0, "recon": 100.0, "ssim": 10.0, "tv": 1e-5, "cd": 10.0,
-                               "pixel": 10.0}  # pixel: ours, not OMGD's (README, configs/omgd.py).
+                               "pixel": 50.0}  # pixel: ours, not OMGD's (README, configs/omgd.py).
   assert any("VGG16 weights not found" in note for note in summary["notes"])
   assert "VGG16 weights not found" in result.stderr
   assert sorted(os.listdir(workdir / "samples")) == ["step_0000000.png", "step_0000002.png",
