@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/omgd_demo
 
-.PHONY: install demo test stats bench clean
+.PHONY: install demo test lint stats bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n 2 -m "not multiprocess" tests
 	$(PY) -m pytest -q -m multiprocess tests
+
+# Style checks configured in pyproject.toml [tool.pylint]: 2-space indents, no unused imports/variables.
+lint: install
+	$(PY) -m pylint gankd_jax configs tests benchmarks launch
 
 stats: install
 	$(PY) -m gankd_jax.model_stats --config=configs/omgd.py:unet_s16

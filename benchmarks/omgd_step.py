@@ -66,7 +66,7 @@ def main(argv):
   local = {"A": jax.random.uniform(keys[0], (FLAGS.batch_size, size, size, 3), minval=-1, maxval=1),
            "B": jax.random.uniform(keys[1], (FLAGS.batch_size, size, size, 3), minval=-1, maxval=1)}
   batch = parallel.global_batch(jax.device_get(local), mesh)
-  frozen = method.frozen_variables()
+  frozen = method.load_frozen()
   vgg_note = "VGG16 terms on, weights from file"
   if not (config.loss.lambda_style or config.loss.lambda_feature):
     frozen, vgg_note = {}, "VGG16 terms off"
@@ -74,7 +74,7 @@ def main(argv):
     frozen = {"vgg": method.vgg.init(keys[2], jnp.zeros((1, size, size, 3)))["params"]}
     vgg_note = "VGG16 terms on, random VGG weights (timing only)"
   frozen = parallel.replicate(frozen, mesh)
-  state = jax.jit(method.init_state, out_shardings=parallel.replicated(mesh))(keys[2], batch)
+  state = jax.jit(method.init_state, out_shardings=parallel.replicated(mesh))(keys[2], batch, frozen)
 
   full, state = time_step(train.make_train_step(method, mesh, method.phase(0)), state, batch, frozen,
                           FLAGS.warmup, FLAGS.steps)

@@ -7,8 +7,10 @@ Variants (`--config=configs/aguinaldo.py:NAME`):
   scratch     the same student trained as an ordinary GAN (the baseline).
 (none) is `teacher`. Every variant runs on the embedded digits (32x32 grey) by default; set
 `--config.data.name=mnist|cifar10|celeb_a|image_folder` (and `data.image_size=64` for faces).
-Students read their teacher from `--config.teacher.workdir=DIR` (a finished teacher run); left
-empty, the teacher trains first in the same run for `teacher.num_train_steps` steps.
+Students read their teacher from `--config.teacher.workdir=DIR` (a finished teacher run) or
+`--config.teacher.weights=FILE.npz` (its generator's variables, architecture `family` at
+`teacher.d`); with both empty, the teacher trains first in the same run for
+`teacher.num_train_steps` steps.
 """
 
 import ml_collections
@@ -40,6 +42,7 @@ def get_config(variant: str = "teacher") -> ml_collections.ConfigDict:
   config.teacher = ml_collections.ConfigDict()
   config.teacher.d = 32               # Depth scale factor: widths 4d, 2d, d at 32 px.
   config.teacher.workdir = ""         # A teacher run to distil; "" trains one first in this run.
+  config.teacher.weights = ""         # Or a teacher generator's variables .npz (runs.save_variables).
   config.teacher.num_train_steps = 5000  # Only when workdir is "": teacher steps before the student's.
   config.student = ml_collections.ConfigDict()
   config.student.d = 4
@@ -58,7 +61,8 @@ def get_config(variant: str = "teacher") -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.5
   config.optimizer.b2 = 0.9
 
-  config.eval.evaluators = ("sharpness",)  # VoL of every generator's outputs (FID / IS: the experiment)
+  # VoL of every generator's outputs; FID / IS: the experiment (digit-classifier features).
+  config.eval.evaluators = base.evaluators("sharpness")
   config.eval.batch_size = 128
   config.eval.num_sample_images = 16
   return config

@@ -2,6 +2,28 @@
 
 import ml_collections
 
+# Evaluator types (gankd_jax/evaluation.py). Those that need a feature network's weights are
+# declared off by default; turn one on with --config.eval.evaluators.fid.every=0 (or =STEPS).
+PER_EXAMPLE_EVALUATORS = ("paired", "sharpness")
+DISTRIBUTION_EVALUATORS = ("fid", "inception_score", "kid", "precision_recall")
+OFF = -1
+
+
+def evaluators(*on: str) -> ml_collections.ConfigDict:
+  """`config.eval.evaluators`: the types `on` at every evaluation, the others declared but off.
+
+  Each entry: type, roles (() = every generator role), every (0: each evaluation of the run;
+  -1: off), num_samples (0: all evaluated examples), features (inception | digit_classifier |
+  vgg16_fc2) and k (precision_recall's k-NN).
+  """
+  config = ml_collections.ConfigDict()
+  for name in (*PER_EXAMPLE_EVALUATORS, *DISTRIBUTION_EVALUATORS):
+    config[name] = ml_collections.ConfigDict({
+        "type": name, "roles": (), "every": 0 if name in on else OFF, "num_samples": 0,
+        "features": "vgg16_fc2" if name == "precision_recall" else "inception", "k": 3})
+  return config
+
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -21,11 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.debug_nan_step = -1
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.evaluators = ("paired",)  # Keys in gankd_jax.metrics.EVALUATORS.
+  config.eval.evaluators = evaluators("paired")
   config.eval.batch_size = 16
   config.eval.max_examples = 0       # 0: the whole evaluation split.
   config.eval.num_sample_images = 8  # Rows of the sample grid.
   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth for fid / inception_score / kid; "": the
   # download cache (gankd_jax/weights/download.py), else those evaluators are skipped with a note.
   config.eval.inception_weights = ""
+  # torchvision's vgg16-397923af.pth for precision_recall (VGG16 fc2 features); "": the cache.
+  config.eval.vgg16_weights = ""
   return config

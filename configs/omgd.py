@@ -48,6 +48,7 @@ DEFAULT_SETUP = ("unet", 32, 16, 16, 64, "instance")
 # The default's size and data with the reference norms (the tests' small runs start from unet64).
 EMBEDDED_SETUPS = {"unet64": ("unet", 32, 16, 16, 64, "batch"),
                    "resnet64": ("resnet", 32, 16, 16, 64, "instance")}
+VARIANTS = ("", *EMBEDDED_SETUPS, *REFERENCE_SETUPS)
 
 
 def _set_networks(config, family: str, ngf_wide: int, ngf_deep: int, ngf_student: int, ndf: int,

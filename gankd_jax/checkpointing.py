@@ -2,7 +2,8 @@
 
 A workdir belongs to one config. Starting again on it resumes from the latest checkpoint, which is
 only allowed when the config agrees on everything that shapes the run; fields that only change how
-long or how verbosely it runs (RESUMABLE_FIELDS) may differ.
+long or how verbosely it runs (RESUMABLE_FIELDS, plus those a method declares in its
+`resumable_fields`, e.g. OMGD's schedule) may differ.
 
 Paths go through `etils.epath`, so a workdir may be local or a URL such as `gs://bucket/run` (TPU
 pods). Orbax commits a checkpoint atomically (a temporary directory renamed on commit, or a commit
@@ -26,9 +27,11 @@ CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "num_devices", "eval.batch_size", "eval.max_examples", "eval.num_sample_images",
-    "eval.inception_weights", "data.num_threads", "optimizer.constant_steps",
-    "optimizer.decay_steps", "debug_nan_step",
+    "eval.inception_weights", "eval.vgg16_weights", "data.num_threads", "debug_nan_step",
 })
+# Which evaluators run, and how, changes no trained parameter (a method whose on_eval feeds
+# evaluations back declares the fields it depends on as not resumable by checking them itself).
+RESUMABLE_PREFIX = "eval.evaluators."
 # Fault-injection test hook: seconds to wait inside every checkpoint commit, after the files are
 # written and before the commit, so a test can kill the run while a checkpoint is incomplete.
 COMMIT_DELAY_ENV = "GANKD_DEBUG_CHECKPOINT_COMMIT_DELAY_S"
@@ -54,8 +57,10 @@ def as_path(workdir: str) -> epath.Path:
   return path if "://" in str(workdir) else path.absolute()
 
 
-def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """Raises if `workdir` holds a run of another config; returns whether it holds a run at all."""
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
+                         method_fields: frozenset[str] = frozenset()) -> bool:
+  """Raises if `workdir` holds a run of another config (`method_fields`: the method's fields
+  that may change on resume); returns whether it holds a run at all."""
   path = as_path(workdir) / CONFIG_FILE
   if not path.exists():
     if (as_path(workdir) / "checkpoints").is_dir():
@@ -67,7 +72,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> boo
     raise ValueError(f"{path} is unreadable ({e}); use a new --workdir") from None
   fresh = _flatten(config_as_dict(config))
   for key in sorted(set(stored) | set(fresh)):
-    if key in RESUMABLE_FIELDS or stored.get(key) == fresh.get(key):
+    if (key in RESUMABLE_FIELDS or key in method_fields or key.startswith(RESUMABLE_PREFIX)
+        or stored.get(key) == fresh.get(key)):
       continue
     raise ValueError(
         f"{workdir} holds a run of a different config ({key}: {stored.get(key, '<absent>')!r} there, "
@@ -116,8 +122,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-  """Restores onto the shardings of `abstract_state` (any device or process count)."""
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  """Restores onto the shardings of `abstract_state` (any device or process count); a checkpoint
+  of another state layout (e.g. written by an older gankd_jax) is a one-line ValueError."""
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except (ValueError, KeyError, TypeError) as error:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(f"checkpoint {step} in {manager.directory} does not fit this version's "
+                     f"state layout ({first_line[:200]}); it was written by another gankd_jax "
+                     "version: use that version, or a new --workdir") from None
 
 
 def read_config(workdir: str) -> dict[str, Any]:
@@ -156,6 +169,6 @@ def restore_latest(workdir: str, abstract_state: Any) -> tuple[int, Any]:
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=False, read_only=True))
   try:
-    return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    return step, restore(manager, step, abstract_state)
   finally:
     manager.close()

@@ -7,22 +7,24 @@ latest committed checkpoint. Then, on the run's evaluation split (its first N ex
 --num_samples), for every generator role the method's `generate` returns (each teacher and the
 student):
   quality   FID / IS / KID against the split's real images, when pytorch-fid's Inception weights
-            are found (else one line says which file and which flag, and the rest is reported);
-            PSNR / SSIM / L1 against the target and (student) against each teacher, when the
-            batches hold a target (paired translation); sharpness (Variance of Laplacian);
+            are found, and precision / recall (k = 3) in VGG16 fc2 features, when torchvision's
+            VGG16 weights are (else one line says which file and which flag, and the rest is
+            reported); PSNR / SSIM / L1 against each role's paired targets (the ground truth and,
+            for the student, each teacher), when the method has them; sharpness (VoL);
   cost      parameters, MACs (gankd_jax/stats.py), latency (batch 1, compiled, median after
             warm-up, metrics/latency.py); for the student, the speed-up and the MAC / parameter
             compression over each teacher.
 Writes DIR/eval.json, prints a table, saves DIR/eval_grid.png (the method's sample columns).
 
-The Inception statistics of the split's real images (mean, covariance and KID's feature sample)
-do not depend on the run: they are computed once and cached under `--stats_cache` (default
-`$GANKD_CACHE/reference_stats`, see weights/download.py), keyed by the data config, the split,
-the number of examples, the image shape and the Inception weights' SHA-256.
+The real images' side of FID / KID / precision-recall (mean and covariance, feature samples) does
+not depend on the run: it is computed once and cached under `--stats_cache` (default
+`$GANKD_CACHE/reference_stats`, see weights/download.py), one file per feature network, keyed by
+the data config, the split, the number of examples, the image shape and the weights' SHA-256.
 
-Only the Method contract is used (generate, networks, frozen_variables, sample_columns, roles), so
-any registered method is evaluated alike, paired or unconditional. Bad input (no such workdir, no
-config.json, no checkpoint, bad flags) is a one-line error and exit status 2.
+The run is restored by `runs.restore_run` and evaluated by the same pass as the training loop
+(evaluation.py), through the Method contract only, so any registered method is evaluated alike,
+paired or unconditional. Bad input (no such workdir, no config.json, no checkpoint, bad flags) is
+a one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from gankd_jax.cli import fail, parse_flags
 
 EVAL_FILE = "eval.json"
 GRID_FILE = "eval_grid.png"
-STATS_FORMAT = 1  # Bump when the cached reference statistics change meaning.
+STATS_FORMAT = 2  # Bump when the cached reference statistics change meaning.
 WEIGHTS_FLAG = "--inception_weights"
 
 FLAGS = flags.FLAGS
@@ -60,72 +62,29 @@ def define_flags():
   flags.DEFINE_integer("num_sample_images", 8, "Rows of eval_grid.png.")
 
 
-# --------------------------------------------------------------------------------- the run
-def load_run(workdir: str):
-  """(config, mesh, method, step, state, eval_data, example batch): the run's latest checkpoint,
-  restored replicated over a mesh of the run's device count (config.num_devices; 0: all).
+# --------------------------------------------------------------------------------- evaluators
+EVALUATORS = ("paired", "sharpness", "fid", "inception_score", "kid", "precision_recall")
 
-  Checks, in this order and before building anything: the workdir, its config.json, a committed
-  checkpoint; each missing one is a one-line ValueError.
-  """
-  import jax
-  import jax.numpy as jnp
+
+def eval_config(config, inception_weights: str):
+  """Every evaluator type, with the Inception weights of the flag, else the run's own file (if it
+  still exists here), else the cache."""
   import ml_collections
-  from gankd_jax import checkpointing, data, parallel
-  from gankd_jax.data import pipeline
-  from gankd_jax.methods import build_method
-
-  config = ml_collections.ConfigDict(checkpointing.read_config(workdir))
-  if checkpointing.latest_step(workdir) is None:
-    raise ValueError(f"{workdir} has no committed checkpoint (has its training saved one yet?)")
-  mesh = parallel.make_mesh(config.get("num_devices") or None)
-  method = build_method(config)
-  eval_data = data.build_dataset(config.data, "eval")
-  example = next(iter(pipeline.eval_batches(eval_data, 1, 0, 1, max_examples=1)))
-  example = {k: jnp.asarray(v) for k, v in example.items() if k != "mask"}
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0), example)
-  abstract = jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), abstract)
-  step, state = checkpointing.restore_latest(workdir, abstract)
-  return config, mesh, method, step, state, eval_data, example
-
-
-def per_example_evaluators(example_batch) -> list:
-  """Sharpness always; PSNR/SSIM/L1 only when the batches hold a target to compare with."""
-  from gankd_jax.metrics import paired, sharpness
-  evaluators = [sharpness.per_example_metrics]
-  if "B" in example_batch:  # Paired translation datasets (data/paired.py) name the target B.
-    evaluators.append(paired.per_example_metrics)
-  return evaluators
-
-
-# --------------------------------------------------------------------------------- Inception
-def inception_metrics(weights_flag: str, config, mesh, batch_size: int):
-  """(InceptionMetrics, weights SHA-256) or (None, one-line note saying what is missing)."""
-  from gankd_jax.metrics import distribution
-  from gankd_jax.models import inception
-  from gankd_jax.weights import download
-  configured = weights_flag or None
+  configured = inception_weights or None
   from_config = config.get("eval", {}).get("inception_weights")
   if not configured and from_config and os.path.isfile(from_config):
     configured = from_config  # The run's own file; gone (e.g. another machine): look elsewhere.
-  try:
-    path = download.resolve(download.INCEPTION_FID, configured, flag=WEIGHTS_FLAG)
-    variables = inception.load_inception(path)
-  except ValueError as error:
-    if weights_flag:
-      raise  # Asked for explicitly (e.g. a file of another architecture): an error, not a note.
-    return None, f"fid, inception_score, kid skipped: {error}"
-  return (distribution.InceptionMetrics(distribution.NAMES, variables, batch_size, mesh),
-          download.sha256_of(path))
+  return ml_collections.ConfigDict({
+      "evaluators": EVALUATORS, "inception_weights": configured or "",
+      "vgg16_weights": config.get("eval", {}).get("vgg16_weights", "") or ""})
 
 
 def reference_key(data_config: dict, num_examples: int, image_shape, weights_sha256: str) -> str:
-  """Cache key of the real images' statistics: what determines them, hashed."""
+  """Cache key of the real images' features: what determines them, hashed."""
   data_config = {k: v for k, v in data_config.items() if k != "num_threads"}  # Speed only.
   described = json.dumps({"format": STATS_FORMAT, "data": data_config, "split": "eval",
                           "num_examples": int(num_examples), "image_shape": list(image_shape),
-                          "inception_sha256": weights_sha256}, sort_keys=True)
+                          "weights_sha256": weights_sha256}, sort_keys=True)
   return hashlib.sha256(described.encode()).hexdigest()[:24]
 
 
@@ -134,77 +93,65 @@ def stats_cache_dir(flag_value: str) -> str:
   return flag_value or os.path.join(download.cache_dir(), "reference_stats")
 
 
-def load_reference(path: str):
-  """The cached {"stats": (mu, sigma), "sample": FeatureSample} or None (absent / unreadable)."""
+def load_references(path: str) -> dict[str, dict] | None:
+  """The cached real-image side of each evaluator ({name: {array name: array}}), or None."""
   import numpy as np
-  from gankd_jax.metrics import kid
   if not os.path.isfile(path):
     return None
   try:
     with np.load(path, allow_pickle=False) as archive:
-      mu, sigma, rows = archive["mu"], archive["sigma"], archive["kid_rows"]
-  except (OSError, ValueError, KeyError, EOFError) as error:
+      stored = {key: archive[key] for key in archive.files}
+  except (OSError, ValueError, EOFError) as error:
     logging.warning("ignoring unreadable cached statistics %s (%s)", path, error)
     return None
-  sample = kid.FeatureSample(rows.shape[1])
-  sample.update(rows)
-  return {"stats": (mu, sigma), "sample": sample}
+  references: dict[str, dict] = {}
+  for key, value in stored.items():
+    name, array = key.split("/", 1)
+    references.setdefault(name, {})[array] = value
+  return references
 
 
-def save_reference(path: str, reference, description: dict) -> None:
+def save_references(path: str, references: dict[str, dict], description: dict) -> None:
   """Written atomically (a sibling temporary file renamed), with a readable .json beside it."""
   import numpy as np
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.{os.getpid()}.tmp.npz"
-  mu, sigma = reference["stats"]
-  np.savez(tmp, mu=mu, sigma=sigma, kid_rows=reference["sample"].rows)
+  np.savez(tmp, **{f"{name}/{key}": value for name, arrays in references.items()
+                   for key, value in arrays.items()})
   os.replace(tmp, path)
   with open(path[:-len(".npz")] + ".json", "w") as handle:
     json.dump(description, handle, indent=2, sort_keys=True)
 
 
-# --------------------------------------------------------------------------------- the pass
-def evaluation_pass(method, state, frozen, eval_data, mesh, batch_size: int, num_examples: int,
-                    evaluators, inception, num_sample_images: int):
-  """One pass over the first `num_examples` of the split: (means by role, count, grid columns,
-  distribution metrics by role)."""
-  import jax
-  import numpy as np
-  from gankd_jax import parallel, visualize
-  from gankd_jax.data import pipeline
-  from gankd_jax.train import make_eval_step
-
-  eval_step = make_eval_step(method, mesh, evaluators)
-  passes = [inception.start(num_examples)] if inception is not None else []
-  sums: dict[str, float] = {}
-  count, roles = 0, []
-  samples = visualize.SampleRows(num_examples, num_sample_images)
-  for local in pipeline.eval_batches(eval_data, batch_size, jax.process_index(),
-                                     jax.process_count(), max_examples=num_examples):
-    on_device = eval_step(state, parallel.global_batch(local, mesh), frozen)
-    batch, outputs, per_example = jax.device_get(on_device)
-    for evaluator_pass in passes:
-      evaluator_pass.update(on_device[1], on_device[0], batch["mask"])
-    mask = np.asarray(batch["mask"], bool)
-    for name, values in per_example.items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
-    count += int(mask.sum())
-    samples.add(len(mask), lambda: method.sample_columns(batch, outputs))
-    roles = roles or [role for role in method.roles if role in outputs]
-  means = {name: total / max(count, 1) for name, total in sums.items()}
-  distribution = {}
-  for evaluator_pass in passes:
-    distribution.update(evaluator_pass.result())
-  return means, count, samples.columns(), roles, distribution
+def attach_references(evaluators, config, num_examples: int, image_shape, cache: str
+                      ) -> dict[str, dict[str, Any]]:
+  """Per feature network: the cache file of its evaluators' real-image side, read if present.
+  Returns {network: {"path", "cached", "evaluators"}}."""
+  from gankd_jax.weights import download
+  by_network: dict[str, list] = {}
+  for evaluator in evaluators.distribution.values():
+    if evaluator.spec.type != "inception_score":  # IS has no real-image side.
+      by_network.setdefault(evaluator.network.name, []).append(evaluator)
+  info = {}
+  for name, members in by_network.items():
+    weights = members[0].network.weights_path
+    sha = download.sha256_of(weights) if weights else name
+    key = reference_key(config.data.to_dict(), num_examples, image_shape, sha)
+    path = os.path.join(cache, f"{key}.npz")
+    stored = load_references(path) or {}
+    for evaluator in members:
+      evaluator.reference = stored.get(evaluator.spec.name)
+    cached = all(evaluator.reference is not None for evaluator in members)
+    info[name] = {"path": path, "cached": cached, "weights_sha256": sha, "evaluators": members}
+  return info
 
 
-def cost(method, state, roles, latency_iters: int) -> dict[str, dict[str, float]]:
+def cost(networks, roles, latency_iters: int) -> dict[str, dict[str, float]]:
   """Params, MACs and batch-1 latency of each generator role's network."""
   import jax
   import jax.numpy as jnp
   from gankd_jax import stats
   from gankd_jax.metrics.latency import measure_latency
-  networks = method.networks(state)
   out = {}
   for role in roles:
     net = networks[role]
@@ -218,15 +165,15 @@ def cost(method, state, roles, latency_iters: int) -> dict[str, dict[str, float]
   return out
 
 
-def assemble(roles, means, distribution, costs) -> dict[str, Any]:
+def assemble(roles, results, costs) -> dict[str, Any]:
   """{"roles": {role: metrics}, "student_vs": {teacher: ratios}} from the pieces."""
   result = {role: dict(costs[role]) for role in roles}
-  for name, value in {**means, **distribution}.items():
-    group, metric = name.split("/", 1)
-    if group in result:
-      result[group][metric] = value
-    elif group.startswith("student_vs_") and "student" in result:
-      result["student"][f"{metric}_vs_{group[len('student_vs_'):]}"] = value
+  for group, metrics in results.items():
+    for metric, value in metrics.items():
+      if group in result:
+        result[group][metric] = value
+      elif group.startswith("student_vs_") and "student" in result:
+        result["student"][f"{metric}_vs_{group[len('student_vs_'):]}"] = value
   compression = {}
   if "student" in result:
     student = result["student"]
@@ -245,7 +192,7 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
   """Evaluates `workdir`'s latest checkpoint; writes eval.json and eval_grid.png; returns the
   eval.json record."""
   import jax
-  from gankd_jax import checkpointing, parallel, visualize
+  from gankd_jax import checkpointing, data, evaluation, runs, visualize
 
   if num_samples < 0:
     raise ValueError(f"--num_samples must be >= 0, got {num_samples}")
@@ -253,51 +200,48 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
     raise ValueError(f"--batch_size must be >= 0, got {batch_size}")
   if inception_weights and not os.path.isfile(inception_weights):
     raise ValueError(f"{WEIGHTS_FLAG}: no such file: {inception_weights}")
-  config, mesh, method, step, state, eval_data, example = load_run(workdir)
+  restored = runs.restore_run(workdir)
+  config, mesh, method = restored.config, restored.mesh, restored.method
+  eval_data = data.build_dataset(config.data, "eval")
   num_examples = min(num_samples or eval_data.num_examples, eval_data.num_examples)
   batch_size = -(-(batch_size or config.eval.batch_size) // mesh.size) * mesh.size
-  evaluators = per_example_evaluators(example)
 
-  skipped = []
-  inception, weights = inception_metrics(inception_weights, config, mesh, batch_size)
-  reference_info = None
-  if inception is None:
-    skipped.append(weights)
-    logging.warning("%s", weights)
-  else:
-    key = reference_key(config.data.to_dict(), num_examples, eval_data.image_shape, weights)
-    path = os.path.join(stats_cache_dir(stats_cache), f"{key}.npz")
-    inception.reference = load_reference(path)
-    reference_info = {"path": path, "cached": inception.reference is not None}
-
-  frozen = parallel.replicate(method.frozen_variables(), mesh)
-  means, count, columns, roles, distribution = evaluation_pass(
-      method, state, frozen, eval_data, mesh, batch_size, num_examples, evaluators, inception,
-      num_sample_images)
-  if reference_info is not None and not reference_info["cached"] and inception.reference:
-    if jax.process_index() == 0:
-      save_reference(reference_info["path"], inception.reference, {
-          "data": config.data.to_dict(), "split": "eval", "num_examples": count,
-          "image_shape": list(eval_data.image_shape), "inception_sha256": weights,
-          "format": STATS_FORMAT})
-  costs = cost(method, state, roles, latency_iters)
-  record = {"workdir": str(workdir), "method": config.method, "step": int(step),
-            "split": "eval", "num_examples": count, "devices": mesh.size,
-            "backend": jax.default_backend(),
-            **assemble(roles, means, distribution, costs)}
-  if reference_info is not None:
-    record["reference_stats"] = reference_info
-  if skipped:
-    record["skipped"] = skipped
+  evaluators = evaluation.build(eval_config(config, inception_weights), mesh, batch_size)
+  for note in evaluators.notes:
+    if inception_weights and note.startswith(("fid", "inception_score", "kid")):
+      raise ValueError(note.split(": ", 1)[1])  # Asked for explicitly: an error, not a note.
+    logging.warning("%s", note)
+  references = attach_references(evaluators, config, num_examples, eval_data.image_shape,
+                                 stats_cache_dir(stats_cache))
+  result = evaluation.evaluation_pass(
+      method, restored.state, restored.frozen, eval_data, mesh, evaluators, batch_size=batch_size,
+      max_examples=num_examples, num_sample_images=num_sample_images)
+  for name, info in references.items():
+    members = info.pop("evaluators")
+    if not info["cached"] and all(e.reference is not None for e in members) and (
+        jax.process_index() == 0):
+      save_references(info["path"], {e.spec.name: e.reference for e in members}, {
+          "data": config.data.to_dict(), "split": "eval", "num_examples": result.num_examples,
+          "image_shape": list(eval_data.image_shape), "features": name,
+          "weights_sha256": info["weights_sha256"], "format": STATS_FORMAT})
+  costs = cost(method.networks(restored.state, restored.frozen), result.roles, latency_iters)
+  record = {"workdir": str(workdir), "method": config.method, "step": int(restored.step),
+            "split": "eval", "num_examples": result.num_examples, "devices": mesh.size,
+            "backend": jax.default_backend(), **assemble(result.roles, result.results, costs)}
+  if references:
+    record["reference_stats"] = references
+  if evaluators.notes:
+    record["skipped"] = list(evaluators.notes)
   if jax.process_index() == 0:
     run_dir = checkpointing.as_path(workdir)
     checkpointing.write_text_atomically(run_dir / EVAL_FILE, json.dumps(record, indent=2))
-    visualize.save_png(visualize.image_grid(columns), run_dir / GRID_FILE)
+    visualize.save_png(visualize.image_grid(result.columns), run_dir / GRID_FILE)
   return record
 
 
 # --------------------------------------------------------------------------------- the table
 QUALITY_COLUMNS = (("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"), ("kid", "KID", "{:.4f}"),
+                   ("precision", "prec", "{:.3f}"), ("recall", "recall", "{:.3f}"),
                    ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("vol", "VoL", "{:.1f}"))
 
 

@@ -36,9 +36,11 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  from gankd_jax import xla_cpu
-  data = FLAGS.config.get("data", {})
-  xla_note = xla_cpu.configure(data.get("crop_size", data.get("image_size", 0)))
+  from gankd_jax import runs, xla_cpu
+  try:
+    xla_note = xla_cpu.configure(runs.image_size(FLAGS.config.data))
+  except (AttributeError, KeyError, TypeError, ValueError):
+    xla_note = None  # A bad data config: train.prepare names the field below.
   import jax
   if xla_note:
     logging.info(xla_note)
@@ -59,8 +61,13 @@ def main(argv):
     fail(str(e), status=1)
   end = summary.get("eval_end") or {}
   logging.info("done: %d steps; summary in %s/summary.json", summary["steps"], FLAGS.workdir)
-  if "student" in end:
-    print(f"student: {end['student']}  params: {summary['networks']['student']['params']}")
+  if jax.process_index() == 0:
+    for role, network in summary["networks"].items():
+      groups = {group: metrics for group, metrics in end.items()
+                if isinstance(metrics, dict) and (group == role or group.startswith(f"{role}_vs_"))}
+      scores = "; ".join(f"{group} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                         for group, metrics in groups.items())
+      print(f"{role}: {network['params']:,} params" + (f"; {scores}" if scores else ""))
 
 
 if __name__ == "__main__":

@@ -25,22 +25,22 @@ def define_flags():
 
 
 def compute(config) -> dict:
+  """{"networks": {role: {"params", "macs"}}, "image_size"}: shapes only, no weights read (the
+  method's frozen inputs are not loaded: `init_state` is traced with none)."""
   import jax
   import jax.numpy as jnp
-  from gankd_jax import stats
+  from gankd_jax import runs, stats
   from gankd_jax.methods import build_method
 
-  size = config.data.crop_size
   method = build_method(config)
-  example = {"A": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-             "B": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)}
-  state = jax.eval_shape(method.init_state, jax.random.key(0), example)
+  example = runs.example_batch(config.data)
+  state = jax.eval_shape(method.init_state, jax.random.key(0), example, {})
   networks = {}
-  for role, net in method.networks(state).items():
+  for role, net in method.networks(state, {}).items():
     x = jax.ShapeDtypeStruct((1, *net.input_shape), jnp.float32)
     networks[role] = {"params": stats.count_params(net.variables["params"]),
                       "macs": stats.count_macs(net.apply_fn, net.variables, x)}
-  return {"networks": networks}
+  return {"networks": networks, "image_size": runs.image_size(config.data)}
 
 
 def main(argv):
@@ -53,14 +53,17 @@ def main(argv):
   if FLAGS.json:
     print(json.dumps(result))
     return
-  size = FLAGS.config.data.crop_size
-  print(f"{'network':<16}{'params':>14}{'MACs':>18}   (per {size}x{size} image)")
-  for role, s in result["networks"].items():
+  size = result["image_size"]
+  print(f"{'network':<16}{'params':>14}{'MACs':>18}   (per {size}x{size} image, per latent "
+        "for latent generators)")
+  networks = result["networks"]
+  for role, s in networks.items():
     print(f"{role:<16}{s['params']:>14,}{s['macs']:>18,}   {s['params'] / 1e6:.3f} M, {s['macs'] / 1e9:.3f} G")
-  if "teacher_wide" in result["networks"] and "student" in result["networks"]:
-    t, st = result["networks"]["teacher_wide"], result["networks"]["student"]
-    print(f"student vs wide teacher: {t['params'] / st['params']:.1f}x fewer params, "
-          f"{t['macs'] / st['macs']:.1f}x fewer MACs")
+  student = networks.get("student")
+  for role in (r for r in networks if r.startswith("teacher") and student):
+    t = networks[role]
+    print(f"student vs {role}: {t['params'] / student['params']:.1f}x fewer params, "
+          f"{t['macs'] / max(student['macs'], 1):.1f}x fewer MACs")
 
 
 if __name__ == "__main__":

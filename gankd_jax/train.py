@@ -2,8 +2,11 @@
 
 `train_and_evaluate(config, workdir)` validates everything before compiling anything, then
 initialises or resumes, trains with periodic logging / evaluation / checkpoints, and writes
-`workdir/summary.json`. The loop knows no method: it asks the method for its state, its step
-variants (`phase`), its generators' outputs and its networks.
+`workdir/summary.json`. The loop knows no method: it asks the method for its frozen inputs, its
+state, its step variants (`phase`), its generators' outputs and its networks (methods/base.py), and
+evaluates through the one evaluation pass (evaluation.py). At a step that both evaluates and
+checkpoints, the evaluation (and `Method.on_eval`) comes first, so the checkpoint holds what the
+evaluation changed.
 
 Multi-host: every process runs this same loop on its share of each global batch; only process 0
 writes files other than checkpoints (which orbax writes collectively). Faults: SIGTERM stops every
@@ -27,9 +30,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from gankd_jax import checkpointing, data, metrics, parallel, stats, visualize
-from gankd_jax.methods import Method, build_method
+from gankd_jax import checkpointing, data, evaluation, parallel, runs, stats, visualize
 from gankd_jax.data import pipeline
+from gankd_jax.methods import Method, build_method
+from gankd_jax.methods.base import WARNING
 
 SUMMARY_FILE = "summary.json"
 EVALS_FILE = "evals.jsonl"
@@ -61,21 +65,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                      f"({jax.process_count()})")
-  metrics.get_evaluators(config.eval.evaluators)
+  specs = evaluation.parse(config.eval.evaluators)
   method = build_method(config)
+  evaluation.check_roles(specs, method.generator_roles)
   train_data = data.build_dataset(config.data, "train")
   eval_data = data.build_dataset(config.data, "eval")
-  resuming = checkpointing.check_workdir_config(workdir, config)
+  resuming = checkpointing.check_workdir_config(workdir, config, method.resumable_fields)
   return Run(config, workdir, method, mesh, train_data, eval_data, resuming)
 
 
 # --------------------------------------------------------------------------------- compiled parts
-def compile_init(run: Run, example_batch):
-  """Initial state, created directly with replicated sharding (no host copy of big params)."""
-  init = jax.jit(run.method.init_state, out_shardings=parallel.replicated(run.mesh))
-  return init, jax.eval_shape(run.method.init_state, jax.random.key(0), example_batch)
-
-
 def make_train_step(method: Method, mesh, phase):
   """The fused step for one phase: state donated, batch sharded on `data`, state replicated."""
   def step(state, batch, frozen):
@@ -84,70 +83,32 @@ def make_train_step(method: Method, mesh, phase):
   return jax.jit(step, in_shardings=(rep, shard, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def make_eval_step(method: Method, mesh, evaluators):
-  """Jitted `(state, batch, frozen) -> (batch, outputs, per-example metrics)`."""
-  def step(state, batch, frozen):
-    outputs = method.generate(state, batch, frozen)
-    per_example = {}
-    for evaluator in evaluators:
-      per_example.update(evaluator(outputs, batch))
-    return batch, outputs, per_example
-  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  # Outputs replicated so every process can read the whole batch without extra collectives.
-  return jax.jit(step, in_shardings=(rep, shard, rep), out_shardings=rep)
-
-
 # --------------------------------------------------------------------------------- evaluation
-def evaluate(run: Run, eval_step, state, step: int, writer, distribution=((), ())) -> dict[str, Any]:
-  """Mean of every per-example metric over the evaluation split, plus the distribution metrics
-  (`distribution`: (evaluators, notes of skipped ones), see metrics/distribution.py), as an
-  evals.jsonl record.
-
-  Every process computes it; process 0 writes the scalars and the sample grid.
-  """
+def evaluate(run: Run, state, frozen, step: int, writer, evaluators: evaluation.Evaluators,
+             eval_steps: dict) -> dict[str, Any]:
+  """The evaluators due at `step`, over the evaluation split, as an evals.jsonl record; process 0
+  writes the scalars and the sample grid."""
   cfg = run.config.eval
-  batch_size = -(-cfg.batch_size // run.mesh.size) * run.mesh.size
-  num_examples = min(run.eval_data.num_examples, cfg.max_examples or run.eval_data.num_examples)
-  passes = [evaluator.start(num_examples) for evaluator in distribution[0]]
-  sums: dict[str, float] = {}
-  count = 0
-  samples = visualize.SampleRows(num_examples, cfg.num_sample_images)
-  for local in pipeline.eval_batches(run.eval_data, batch_size, jax.process_index(),
-                                     jax.process_count(), max_examples=cfg.max_examples):
-    on_device = eval_step(state, parallel.global_batch(local, run.mesh))
-    batch, outputs, per_example = jax.device_get(on_device)
-    for evaluator_pass in passes:  # Features from the device arrays: no host round trip.
-      evaluator_pass.update(on_device[1], on_device[0], batch["mask"])
-    mask = np.asarray(batch["mask"], bool)
-    for name, values in per_example.items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
-    count += int(mask.sum())
-    samples.add(len(mask), lambda: run.method.sample_columns(batch, outputs))
-  result: dict[str, dict[str, float]] = {}
-  for name, total in sums.items():
-    group, metric = name.split("/", 1)
-    result.setdefault(group, {})[metric] = total / max(count, 1)
+  key = tuple(spec.name for spec in evaluators.specs)
+  if key not in eval_steps:  # One compiled step per set of per-example evaluators.
+    eval_steps[key] = evaluation.make_eval_step(run.method, run.mesh, evaluators.specs)
+  result = evaluation.evaluation_pass(
+      run.method, state, frozen, run.eval_data, run.mesh, evaluators, batch_size=cfg.batch_size,
+      max_examples=cfg.max_examples, num_sample_images=cfg.num_sample_images,
+      eval_step=eval_steps[key])
   if jax.process_index() == 0:
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result).items()})
-    grid = visualize.image_grid(samples.columns())
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result.results).items()})
+    grid = visualize.image_grid(result.columns)
     visualize.save_png(grid, checkpointing.as_path(run.workdir) / "samples" / f"step_{step:07d}.png")
     writer.write_images(step, {"samples": grid[None]})
-  for evaluator_pass in passes:
-    for name, value in evaluator_pass.result().items():
-      group, metric = name.split("/", 1)
-      result.setdefault(group, {})[metric] = value
-  logging.info("eval at step %d over %d examples: %s", step, count, _format_eval(result))
-  skipped = {"skipped": list(distribution[1])} if distribution[1] else {}
-  return {"step": step, "num_examples": count, **result, **skipped}
+  logging.info("eval at step %d over %d examples: %s", step, result.num_examples,
+               evaluation.format_results(result.results))
+  skipped = {"skipped": list(evaluators.notes)} if evaluators.notes else {}
+  return {"step": step, "num_examples": result.num_examples, **result.results, **skipped}
 
 
 def _flat(result: dict[str, dict[str, float]]) -> dict[str, float]:
   return {f"{group}/{k}": v for group, values in result.items() for k, v in values.items()}
-
-
-def _format_eval(result) -> str:
-  return "; ".join(f"{group} " + " ".join(f"{k}={v:.4g}" for k, v in values.items())
-                   for group, values in result.items())
 
 
 def read_evals(workdir: str) -> list[dict[str, Any]]:
@@ -178,9 +139,9 @@ class EvalHistory:
 
 
 # --------------------------------------------------------------------------------- summary
-def network_stats(method: Method, state) -> dict[str, dict[str, Any]]:
+def network_stats(method: Method, state, frozen) -> dict[str, dict[str, Any]]:
   result = {}
-  for role, net in method.networks(state).items():
+  for role, net in method.networks(state, frozen).items():
     example = jax.ShapeDtypeStruct((1, *net.input_shape), jnp.float32)
     result[role] = {
         "params": stats.count_params(net.variables["params"]),
@@ -190,18 +151,18 @@ def network_stats(method: Method, state) -> dict[str, dict[str, Any]]:
   return result
 
 
-def write_summary(run: Run, state, step: int, wall_time_s: float, steps_this_run: int,
+def write_summary(run: Run, state, frozen, step: int, wall_time_s: float, steps_this_run: int,
                   evals: list[dict[str, Any]]) -> dict:
   summary = {
       "method": run.config.method,
-      "networks": network_stats(run.method, state),
+      "networks": network_stats(run.method, state, frozen),
       "eval_start": evals[0] if evals else None,
       "eval_end": evals[-1] if evals else None,
       "steps": step,
       "wall_time_s": round(wall_time_s, 3),
       "steps_this_run": steps_this_run,
       "losses": run.method.active_losses(),
-      "notes": run.method.notes(),
+      "notes": [note.text for note in run.method.notes()],
       "data": {"name": run.config.data.name, "train_examples": len(run.train_data),
                "eval_examples": len(run.eval_data), "image_size": run.train_data.image_shape[0]},
       "devices": run.mesh.size,
@@ -298,17 +259,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return train(prepare(config, workdir), stop_after_steps=stop_after_steps)
 
 
-def _init_or_restore(run: Run, manager, example_batch):
-  """The latest committed checkpoint on this run's mesh (any process count), else a fresh state."""
-  init, abstract_state = compile_init(run, example_batch)
+def _init_or_restore(run: Run, manager, frozen):
+  """The latest committed checkpoint on this run's mesh (any process count), else a fresh state,
+  created directly with replicated sharding (no host copy of big parameters)."""
   latest = manager.latest_step()
   if latest is None:
-    return init(jax.random.key(run.config.seed), example_batch), 0
-  abstract_state = jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(run.mesh)),
-      abstract_state)
+    example = {k: jnp.zeros(v.shape, v.dtype)
+               for k, v in runs.example_batch(run.config.data).items()}
+    init = jax.jit(run.method.init_state, out_shardings=parallel.replicated(run.mesh))
+    return init(jax.random.key(run.config.seed), example, frozen), 0
+  abstract = runs.abstract_state(run.method, run.config.data, frozen, parallel.replicated(run.mesh))
   logging.info("resuming from %s at step %d", manager.directory, latest)
-  return checkpointing.restore(manager, latest, abstract_state), latest
+  return checkpointing.restore(manager, latest, abstract), latest
 
 
 def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
@@ -319,31 +281,34 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
 
 def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> dict:
   config, workdir = run.config, run.workdir
+  frozen = parallel.replicate(run.method.load_frozen(), run.mesh)
   for note in run.method.notes():
-    logging.warning("%s", note) if "off" in note else logging.info("%s", note)
+    (logging.warning if note.level == WARNING else logging.info)("%s", note.text)
   checkpointing.write_config(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+  state, start_step = _init_or_restore(run, manager, frozen)
 
-  example = next(iter(pipeline.eval_batches(run.eval_data, 1, 0, 1, max_examples=1)))
-  example_batch = {k: jnp.asarray(v) for k, v in example.items() if k != "mask"}
-  state, start_step = _init_or_restore(run, manager, example_batch)
-  frozen = parallel.replicate(run.method.frozen_variables(), run.mesh)
-
-  evaluators = metrics.get_evaluators(config.eval.evaluators)
-  distribution = metrics.get_distribution_evaluators(
-      config.eval, run.mesh, -(-config.eval.batch_size // run.mesh.size) * run.mesh.size)
-  for note in distribution[1]:
+  evaluators = evaluation.build(config.eval, run.mesh, config.eval.batch_size)
+  for note in evaluators.notes:
     logging.warning("%s", note)  # Once per run; also recorded in every evals.jsonl record.
-  eval_fn = make_eval_step(run.method, run.mesh, evaluators)
-  eval_step = lambda state, batch: eval_fn(state, batch, frozen)  # noqa: E731
+  eval_steps = {}
+
+  def evaluate_if_due(state, step: int, force: bool = False):
+    due = evaluators.due(step, config.eval_every, config.num_train_steps)
+    if not due.specs and not force:
+      return state
+    record = evaluate(run, state, frozen, step, writer, due, eval_steps)
+    evals.add(record)
+    return run.method.on_eval(state, {k: v for k, v in record.items() if isinstance(v, dict)})
+
   evals = EvalHistory(workdir, start_step)
   train_steps = {}
   end_step = config.num_train_steps if stop_after_steps is None else min(
       stop_after_steps, config.num_train_steps)
 
   if start_step == 0:
-    evals.add(evaluate(run, eval_step, state, 0, writer, distribution))
+    state = evaluate_if_due(state, 0, force=True)
   train_iter = pipeline.GlobalBatchIterator(
       run.train_data, config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -377,12 +342,17 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
         _log_progress(step, config.num_train_steps, start_step, start_time, means)
       stop = _stop_agreed(stop_signal.requested, sync_point)
       if checkpoint_now or (stop and step != saved_step):
+        # Before the evaluation too: nothing is evaluated (or kept by on_eval) from a broken state.
         _check_finite_losses(step - len(pending_metrics) + 1, jax.device_get(pending_metrics))
         _check_finite_state(step, state)
+      # Evaluated before the checkpoint of the same step, so a resume keeps what on_eval chose.
+      # A SIGTERM skips the periodic evaluation (the grace period is short), never the last.
+      if step == config.num_train_steps or not stop:
+        state = evaluate_if_due(state, step, force=step % config.eval_every == 0
+                                or step == config.num_train_steps)
+      if checkpoint_now or (stop and step != saved_step):
         checkpointing.save(manager, step, state)
         saved_step = step
-      if step % config.eval_every == 0 and step != config.num_train_steps and not stop:
-        evals.add(evaluate(run, eval_step, state, step, writer, distribution))
   finally:
     train_iter.close()
     manager.wait_until_finished()
@@ -392,9 +362,7 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   if stop:
     logging.warning("stopped at step %d on SIGTERM with a checkpoint; run the same command again "
                     "to resume", step)
-  if step == config.num_train_steps:
-    evals.add(evaluate(run, eval_step, state, step, writer, distribution))
-  summary = write_summary(run, state, step, wall_time, step - start_step, evals.records)
+  summary = write_summary(run, state, frozen, step, wall_time, step - start_step, evals.records)
   writer.flush()
   manager.close()
   return summary

@@ -7,34 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import aguinaldo as aguinaldo_config
-from gankd_jax import parallel, stats, train
+from gankd_jax import stats, train
 from gankd_jax.methods import build_method
+
+from configs import aguinaldo as configs_aguinaldo
+from conftest import tiny_aguinaldo_config
 
 
 def tiny_config(variant, **overrides):
-  config = aguinaldo_config.get_config(variant)
-  config.data.image_size = 16
-  config.nz = 8
-  config.teacher.d = 4
-  config.student.d = 2
-  config.batch_size = 8
-  config.num_train_steps = 4
-  config.teacher.num_train_steps = 2
-  config.log_every = 2
-  config.eval_every = 100
-  config.checkpoint_every = 2
-  config.eval.max_examples = 8
-  config.eval.batch_size = 8
-  config.eval.num_sample_images = 4
-  config.num_devices = 1
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return config
+  return tiny_aguinaldo_config(variant, **overrides)
 
 
 def init(method, config, seed=0):
@@ -42,7 +23,7 @@ def init(method, config, seed=0):
   batch = {"image": jnp.asarray(np.random.default_rng(seed).uniform(
       -1, 1, (config.batch_size, size, size, 1)), jnp.float32),
            "index": jnp.arange(config.batch_size, dtype=jnp.int32)}
-  return jax.jit(method.init_state)(jax.random.key(seed), batch), batch
+  return jax.jit(method.init_state)(jax.random.key(seed), batch, {}), batch
 
 
 def test_mse_distillation_drives_the_student_to_its_teacher_on_a_fixed_latent_batch():
@@ -117,7 +98,7 @@ def test_teacher_run_is_loaded_frozen_and_distilled(teacher_run, tmp_path):
   assert teacher_summary["steps"] == 4 and set(teacher_summary["networks"]) == {"teacher", "discriminator"}
   config = tiny_config("mse", **{"teacher.workdir": teacher_dir, "teacher.d": 0})
   method = build_method(config)
-  assert stats.param_fingerprint(method.frozen_variables()["teacher"]["params"]) == pytest.approx(
+  assert stats.param_fingerprint(method.load_frozen()["teacher"]["params"]) == pytest.approx(
       teacher_summary["networks"]["teacher"]["param_fingerprint"])
   summary = train.train_and_evaluate(config, str(tmp_path / "student"))
   assert summary["networks"]["teacher"]["param_fingerprint"] == pytest.approx(
@@ -172,4 +153,4 @@ def test_bad_fields_are_one_line_errors_before_compute():
   with pytest.raises(ValueError, match="teacher.num_train_steps"):
     build_method(tiny_config("mse", **{"teacher.num_train_steps": 4}))
   with pytest.raises(ValueError, match="unknown variant 'kd'"):
-    aguinaldo_config.get_config("kd")
+    configs_aguinaldo.get_config("kd")

@@ -2,7 +2,6 @@
 of the depth scale factor d, derived layer by layer below (not from our code)."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from gankd_jax.models import (build_image_discriminator, build_latent_generator,

@@ -6,7 +6,7 @@ from gankd_jax.metrics import digit_classifier as dc
 
 
 def test_short_training_run_classifies_held_out_digits():
-  variables, accuracy = dc.train(steps=300, seed=1)
+  _, accuracy = dc.train(steps=300, seed=1)
   assert accuracy >= 0.93, accuracy  # 300 of the shipped file's 1500 steps
 
 

@@ -5,6 +5,7 @@ PyTorch modules (bytedance/OMGD ``models/modules``), not from our code, and agai
 totals that were checked once against bytedance/OMGD's PyTorch modules (torch 2.13,
 ``sum(p.numel() for p in net.parameters())``).
 """
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,93 +21,93 @@ from gankd_jax.models.patchgan import patch_output_size
 
 
 def conv(c_in, c_out, k, bias):
-    return c_in * c_out * k * k + (c_out if bias else 0)
+  return c_in * c_out * k * k + (c_out if bias else 0)
 
 
 def norm(c, kind):
-    return 2 * c if kind == "batch" else 0
+  return 2 * c if kind == "batch" else 0
 
 
 def expansion_block(d, kind):
-    """OMGD ExpansionResnetBlock / deep U-Net ResnetBlock: 1x1 4d, 3x3 4d, 1x1 d, 3x3 d."""
-    bias = kind == "instance"
-    return (conv(d, 4 * d, 1, bias) + norm(4 * d, kind) + conv(4 * d, 4 * d, 3, bias)
-            + norm(4 * d, kind) + conv(4 * d, d, 1, bias) + norm(d, kind)
-            + conv(d, d, 3, bias) + norm(d, kind))
+  """OMGD ExpansionResnetBlock / deep U-Net ResnetBlock: 1x1 4d, 3x3 4d, 1x1 d, 3x3 d."""
+  bias = kind == "instance"
+  return (conv(d, 4 * d, 1, bias) + norm(4 * d, kind) + conv(4 * d, 4 * d, 3, bias)
+          + norm(4 * d, kind) + conv(4 * d, d, 1, bias) + norm(d, kind)
+          + conv(d, d, 3, bias) + norm(d, kind))
 
 
 def ref_unet(g, num_downs=8, kind="batch", deep=False):
-    """pix2pix UnetGenerator / OMGD UnetDeepestGenerator, level by level."""
-    bias = kind == "instance"
-    w = [g * min(2 ** i, 8) for i in range(num_downs)]
-    last = num_downs - 1
-    total = conv(3, g, 4, bias) + conv(2 * g, 3, 4, True)          # outermost down / up
-    if deep:
-        total += 2 * expansion_block(g, kind) + 2 * expansion_block(2 * g, kind)
-    for i in range(1, num_downs):
-        total += conv(w[i - 1], w[i], 4, bias)                       # down conv
-        up_in = w[i] if i == last else 2 * w[i]
-        total += conv(up_in, w[i - 1], 4, bias) + norm(w[i - 1], kind)   # up conv + norm
-        if i != last:
-            total += norm(w[i], kind)                                # down norm
-            if deep:
-                total += 2 * expansion_block(w[i], kind) + 2 * expansion_block(w[i - 1], kind)
-    return total
+  """pix2pix UnetGenerator / OMGD UnetDeepestGenerator, level by level."""
+  bias = kind == "instance"
+  w = [g * min(2 ** i, 8) for i in range(num_downs)]
+  last = num_downs - 1
+  total = conv(3, g, 4, bias) + conv(2 * g, 3, 4, True)          # outermost down / up
+  if deep:
+    total += 2 * expansion_block(g, kind) + 2 * expansion_block(2 * g, kind)
+  for i in range(1, num_downs):
+    total += conv(w[i - 1], w[i], 4, bias)                       # down conv
+    up_in = w[i] if i == last else 2 * w[i]
+    total += conv(up_in, w[i - 1], 4, bias) + norm(w[i - 1], kind)   # up conv + norm
+    if i != last:
+      total += norm(w[i], kind)                                # down norm
+      if deep:
+        total += 2 * expansion_block(w[i], kind) + 2 * expansion_block(w[i - 1], kind)
+  return total
 
 
 def separable(d):
-    """gan-compression SeparableConv2d (bias always, InstanceNorm inside)."""
-    return conv(1, d, 3, True) + conv(d, d, 1, True)
+  """gan-compression SeparableConv2d (bias always, InstanceNorm inside)."""
+  return conv(1, d, 3, True) + conv(d, d, 1, True)
 
 
 def ref_resnet_ends(g, kind):
-    """Stem, two downsamples, two ConvTranspose2d upsamples and the 7x7 head."""
-    bias = kind == "instance"
-    return (conv(3, g, 7, bias) + norm(g, kind)
-            + conv(g, 2 * g, 3, bias) + norm(2 * g, kind)
-            + conv(2 * g, 4 * g, 3, bias) + norm(4 * g, kind)
-            + conv(4 * g, 2 * g, 3, bias) + norm(2 * g, kind)
-            + conv(2 * g, g, 3, bias) + norm(g, kind)
-            + conv(g, 3, 7, True))
+  """Stem, two downsamples, two ConvTranspose2d upsamples and the 7x7 head."""
+  bias = kind == "instance"
+  return (conv(3, g, 7, bias) + norm(g, kind)
+          + conv(g, 2 * g, 3, bias) + norm(2 * g, kind)
+          + conv(2 * g, 4 * g, 3, bias) + norm(4 * g, kind)
+          + conv(4 * g, 2 * g, 3, bias) + norm(2 * g, kind)
+          + conv(2 * g, g, 3, bias) + norm(g, kind)
+          + conv(g, 3, 7, True))
 
 
 def plain_block(d, kind):
-    return 2 * (conv(d, d, 3, kind == "instance") + norm(d, kind))
+  return 2 * (conv(d, d, 3, kind == "instance") + norm(d, kind))
 
 
 def mobile_block(d, kind):
-    return 2 * (separable(d) + norm(d, kind))
+  return 2 * (separable(d) + norm(d, kind))
 
 
 def ref_resnet(g, kind="instance"):
-    return ref_resnet_ends(g, kind) + 9 * plain_block(4 * g, kind)
+  return ref_resnet_ends(g, kind) + 9 * plain_block(4 * g, kind)
 
 
 def ref_mobile_resnet(g, kind="instance"):
-    return ref_resnet_ends(g, kind) + 9 * mobile_block(4 * g, kind)
+  return ref_resnet_ends(g, kind) + 9 * mobile_block(4 * g, kind)
 
 
 def ref_mobile_resnet_deepest(g, kind="instance"):
-    bias = kind == "instance"
-    refine = sum(expansion_block(c, kind) + conv(c, c, 3, bias) + norm(c, kind)
-                 for c in (2 * g, 4 * g, 2 * g, g))
-    return (ref_resnet_ends(g, kind) + refine + 9 * mobile_block(4 * g, kind)
-            + 2 * expansion_block(4 * g, kind))
+  bias = kind == "instance"
+  refine = sum(expansion_block(c, kind) + conv(c, c, 3, bias) + norm(c, kind)
+               for c in (2 * g, 4 * g, 2 * g, g))
+  return (ref_resnet_ends(g, kind) + refine + 9 * mobile_block(4 * g, kind)
+          + 2 * expansion_block(4 * g, kind))
 
 
 def ref_disc_blocks(ndf, kind="batch", c_in=6):
-    bias = kind == "instance"
-    return [conv(c_in, ndf, 4, True),
-            conv(ndf, 2 * ndf, 4, bias) + norm(2 * ndf, kind),
-            conv(2 * ndf, 4 * ndf, 4, bias) + norm(4 * ndf, kind),
-            conv(4 * ndf, 8 * ndf, 4, bias) + norm(8 * ndf, kind),
-            conv(8 * ndf, 1, 4, True)]
+  bias = kind == "instance"
+  return [conv(c_in, ndf, 4, True),
+          conv(ndf, 2 * ndf, 4, bias) + norm(2 * ndf, kind),
+          conv(2 * ndf, 4 * ndf, 4, bias) + norm(4 * ndf, kind),
+          conv(4 * ndf, 8 * ndf, 4, bias) + norm(8 * ndf, kind),
+          conv(8 * ndf, 1, 4, True)]
 
 
 def ref_disc_used(ndf, n_share, kind="batch"):
-    """Parameters OMGD's MultiNLayerDiscriminator actually uses (shared blocks once)."""
-    blocks = ref_disc_blocks(ndf, kind)
-    return sum(blocks[:n_share]) + 2 * sum(blocks[n_share:])
+  """Parameters OMGD's MultiNLayerDiscriminator actually uses (shared blocks once)."""
+  blocks = ref_disc_blocks(ndf, kind)
+  return sum(blocks[:n_share]) + 2 * sum(blocks[n_share:])
 
 
 REFERENCE = {
@@ -142,39 +143,39 @@ TORCH_DISC_COUNTS = {
 
 
 def abstract_param_count(module, shape):
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
-    return count_params(variables["params"])
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
+  return count_params(variables["params"])
 
 
 @pytest.mark.parametrize("key,expected", sorted(TORCH_COUNTS.items()))
 def test_generator_param_count_matches_reference(key, expected):
-    name, ngf = key
-    assert REFERENCE[name](ngf) == expected  # hand formula == PyTorch
-    module = build_generator(name, ngf=ngf)
-    assert abstract_param_count(module, (1, 256, 256, 3)) == expected
+  name, ngf = key
+  assert REFERENCE[name](ngf) == expected  # hand formula == PyTorch
+  module = build_generator(name, ngf=ngf)
+  assert abstract_param_count(module, (1, 256, 256, 3)) == expected
 
 
 def test_param_count_other_norms_match_formulas():
-    cases = [("unet", dict(norm="instance"), ref_unet(16, kind="instance"), 3403363),
-             ("unet_deepest", dict(norm="instance"), ref_unet(16, kind="instance", deep=True),
-              44147811),
-             ("resnet_9blocks", dict(norm="batch"), ref_resnet(16, "batch"), 716963),
-             ("mobile_resnet", dict(norm="batch"), ref_mobile_resnet(16, "batch"), 139811),
-             ("mobile_resnet_deepest", dict(norm="batch"),
-              ref_mobile_resnet_deepest(16, "batch"), 2552451)]
-    for name, kwargs, formula, torch_count in cases:
-        assert formula == torch_count, name
-        module = build_generator(name, ngf=16, **kwargs)
-        assert abstract_param_count(module, (1, 256, 256, 3)) == torch_count, name
+  cases = [("unet", dict(norm="instance"), ref_unet(16, kind="instance"), 3403363),
+           ("unet_deepest", dict(norm="instance"), ref_unet(16, kind="instance", deep=True),
+            44147811),
+           ("resnet_9blocks", dict(norm="batch"), ref_resnet(16, "batch"), 716963),
+           ("mobile_resnet", dict(norm="batch"), ref_mobile_resnet(16, "batch"), 139811),
+           ("mobile_resnet_deepest", dict(norm="batch"),
+            ref_mobile_resnet_deepest(16, "batch"), 2552451)]
+  for name, kwargs, formula, torch_count in cases:
+    assert formula == torch_count, name
+    module = build_generator(name, ngf=16, **kwargs)
+    assert abstract_param_count(module, (1, 256, 256, 3)) == torch_count, name
 
 
 @pytest.mark.parametrize("ndf,n_share,kind", sorted(TORCH_DISC_COUNTS))
 def test_discriminator_param_count(ndf, n_share, kind):
-    torch_total, torch_used = TORCH_DISC_COUNTS[(ndf, n_share, kind)]
-    assert 2 * sum(ref_disc_blocks(ndf, kind)) == torch_total
-    assert ref_disc_used(ndf, n_share, kind) == torch_used
-    disc = build_discriminator(ndf=ndf, n_share=n_share, norm=kind)
-    assert abstract_param_count(disc, (1, 256, 256, 6)) == torch_used
+  torch_total, torch_used = TORCH_DISC_COUNTS[(ndf, n_share, kind)]
+  assert 2 * sum(ref_disc_blocks(ndf, kind)) == torch_total
+  assert ref_disc_used(ndf, n_share, kind) == torch_used
+  disc = build_discriminator(ndf=ndf, n_share=n_share, norm=kind)
+  assert abstract_param_count(disc, (1, 256, 256, 6)) == torch_used
 
 
 # ---------------------------------------------------------------- forward shapes
@@ -196,223 +197,223 @@ SIZES = {
 
 
 def expected_feature_hw(name, h, w):
-    if name.startswith("unet"):
-        return [(h // 4, w // 4), (h // 16, w // 16), (h // 16, w // 16), (h // 4, w // 4)]
-    return [(h // 4, w // 4)] * 4
+  if name.startswith("unet"):
+    return [(h // 4, w // 4), (h // 16, w // 16), (h // 16, w // 16), (h // 4, w // 4)]
+  return [(h // 4, w // 4)] * 4
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_generator_shapes_and_features(name):
-    """Real forward at the first size (eval and train mode), shape inference at the others."""
-    module = build_generator(name, **SMALL[name])
-    ngf = SMALL[name]["ngf"]
-    if name.startswith("unet"):
-        assert module.feature_channels() == [2 * ngf, 8 * ngf, 16 * ngf, 4 * ngf]
-    else:
-        assert module.feature_channels() == [4 * ngf] * 4
-    h0, w0 = SIZES[name][0]
-    if "deepest" in name:  # compiling the deep teachers is slow on 2 cores: shapes only here
-        assert_shapes_at_sizes(module, name, jax.eval_shape(
-            lambda: module.init(jax.random.key(0), jnp.zeros((2, h0, w0, 3)))))
-        return
-    x = jax.random.uniform(jax.random.key(1), (2, h0, w0, 3), minval=-1, maxval=1)
+  """Real forward at the first size (eval and train mode), shape inference at the others."""
+  module = build_generator(name, **SMALL[name])
+  ngf = SMALL[name]["ngf"]
+  if name.startswith("unet"):
+    assert module.feature_channels() == [2 * ngf, 8 * ngf, 16 * ngf, 4 * ngf]
+  else:
+    assert module.feature_channels() == [4 * ngf] * 4
+  h0, w0 = SIZES[name][0]
+  if "deepest" in name:  # compiling the deep teachers is slow on 2 cores: shapes only here
+    assert_shapes_at_sizes(module, name, jax.eval_shape(
+        lambda: module.init(jax.random.key(0), jnp.zeros((2, h0, w0, 3)))))
+    return
+  x = jax.random.uniform(jax.random.key(1), (2, h0, w0, 3), minval=-1, maxval=1)
 
-    @jax.jit  # one compilation for init + forward keeps the test fast
-    def init_and_run(x):
-        variables = module.init(jax.random.key(0), x)
-        out = module.apply(variables, x, train=True, return_features=True,
-                           mutable=["batch_stats"])
-        return variables, out
+  @jax.jit  # one compilation for init + forward keeps the test fast
+  def init_and_run(x):
+    variables = module.init(jax.random.key(0), x)
+    out = module.apply(variables, x, train=True, return_features=True,
+                       mutable=["batch_stats"])
+    return variables, out
 
-    variables, ((y, feats), updates) = init_and_run(x)
-    assert y.shape == x.shape
-    assert float(jnp.max(jnp.abs(y))) <= 1.0 and bool(jnp.all(jnp.isfinite(y)))
-    assert set(updates) == set(variables) - {"params"}
-    assert [f.shape[1:3] for f in feats] == expected_feature_hw(name, h0, w0)
-    assert [f.shape[-1] for f in feats] == module.feature_channels()
-    assert_shapes_at_sizes(module, name, variables)
+  variables, ((y, feats), updates) = init_and_run(x)
+  assert y.shape == x.shape
+  assert float(jnp.max(jnp.abs(y))) <= 1.0 and bool(jnp.all(jnp.isfinite(y)))
+  assert set(updates) == set(variables) - {"params"}
+  assert [f.shape[1:3] for f in feats] == expected_feature_hw(name, h0, w0)
+  assert [f.shape[-1] for f in feats] == module.feature_channels()
+  assert_shapes_at_sizes(module, name, variables)
 
 
 def assert_shapes_at_sizes(module, name, variables):
-    for h, w in SIZES[name]:
-        check_image_size(name, (h, w), **SMALL[name])
-        x = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
-        y, feats = jax.eval_shape(
-            lambda v, x: module.apply(v, x, train=False, return_features=True), variables, x)
-        assert y.shape == x.shape
-        assert [f.shape[1:3] for f in feats] == expected_feature_hw(name, h, w)
+  for h, w in SIZES[name]:
+    check_image_size(name, (h, w), **SMALL[name])
+    x = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
+    y, feats = jax.eval_shape(
+        lambda v, x: module.apply(v, x, train=False, return_features=True), variables, x)
+    assert y.shape == x.shape
+    assert [f.shape[1:3] for f in feats] == expected_feature_hw(name, h, w)
 
 
 def test_generator_default_shapes_at_256():
-    for name in GENERATORS:
-        module = build_generator(name, ngf=8)
-        x = jnp.zeros((1, 256, 256, 3))
-        variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
-        out = jax.eval_shape(
-            lambda v: module.apply(v, x, train=False, return_features=True), variables)
-        y, feats = out
-        assert y.shape == x.shape
-        assert [f.shape[-1] for f in feats] == module.feature_channels()
+  for name in GENERATORS:
+    module = build_generator(name, ngf=8)
+    x = jnp.zeros((1, 256, 256, 3))
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
+    out = jax.eval_shape(
+        lambda v: module.apply(v, x, train=False, return_features=True), variables)
+    y, feats = out
+    assert y.shape == x.shape
+    assert [f.shape[-1] for f in feats] == module.feature_channels()
 
 
 def test_norm_choice_sets_collections():
-    x = jnp.zeros((1, 32, 32, 3))
-    bn = build_generator("unet", ngf=2, num_downs=5, norm="batch")
-    inn = build_generator("unet", ngf=2, num_downs=5, norm="instance")
-    assert "batch_stats" in jax.eval_shape(lambda: bn.init(jax.random.key(0), x))
-    assert "batch_stats" not in jax.eval_shape(lambda: inn.init(jax.random.key(0), x))
+  x = jnp.zeros((1, 32, 32, 3))
+  bn = build_generator("unet", ngf=2, num_downs=5, norm="batch")
+  inn = build_generator("unet", ngf=2, num_downs=5, norm="instance")
+  assert "batch_stats" in jax.eval_shape(lambda: bn.init(jax.random.key(0), x))
+  assert "batch_stats" not in jax.eval_shape(lambda: inn.init(jax.random.key(0), x))
 
 
 def test_unet_dropout_uses_rng_only_when_active():
-    x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
-    module = build_generator("unet", ngf=2, num_downs=6, dropout_rate=0.5)
-    variables = jax.jit(lambda x: module.init(jax.random.key(0), x, train=False))(x)
-    with pytest.raises(Exception):
-        jax.eval_shape(lambda v: module.apply(v, x, train=True, mutable=["batch_stats"]),
-                       variables)  # train with dropout needs a 'dropout' rng
-    jax.eval_shape(lambda v: module.apply(v, x, train=False), variables)  # eval does not
-    no_dropout = build_generator("unet", ngf=2, num_downs=6)
-    jax.eval_shape(lambda v: no_dropout.apply(v, x, train=True, mutable=["batch_stats"]),
-                   variables)
+  x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
+  module = build_generator("unet", ngf=2, num_downs=6, dropout_rate=0.5)
+  variables = jax.jit(lambda x: module.init(jax.random.key(0), x, train=False))(x)
+  with pytest.raises(flax.errors.InvalidRngError, match='needs PRNG for "dropout"'):
+    jax.eval_shape(lambda v: module.apply(v, x, train=True, mutable=["batch_stats"]),
+                   variables)  # train with dropout needs a 'dropout' rng
+  jax.eval_shape(lambda v: module.apply(v, x, train=False), variables)  # eval does not
+  no_dropout = build_generator("unet", ngf=2, num_downs=6)
+  jax.eval_shape(lambda v: no_dropout.apply(v, x, train=True, mutable=["batch_stats"]),
+                 variables)
 
-    @jax.jit
-    def train_out(v, key):
-        return module.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})[0]
+  @jax.jit
+  def train_out(v, key):
+    return module.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})[0]
 
-    a, b = train_out(variables, jax.random.key(1)), train_out(variables, jax.random.key(2))
-    assert not np.allclose(a, b)
+  a, b = train_out(variables, jax.random.key(1)), train_out(variables, jax.random.key(2))
+  assert not np.allclose(a, b)
 
 
 def test_init_distributions():
-    module = build_generator("unet", ngf=16, num_downs=5)
-    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    kernels, scales, biases = [], [], []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        last = jax.tree_util.keystr(path[-1:])
-        (kernels if "kernel" in last else scales if "scale" in last else biases).append(
-            np.ravel(leaf))
-    kernels, scales = np.concatenate(kernels), np.concatenate(scales)
-    assert abs(kernels.std() - 0.02) < 0.002 and abs(kernels.mean()) < 0.002
-    assert abs(scales.mean() - 1.0) < 0.005 and abs(scales.std() - 0.02) < 0.005
-    assert all(np.all(b == 0) for b in biases)
+  module = build_generator("unet", ngf=16, num_downs=5)
+  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  kernels, scales, biases = [], [], []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    last = jax.tree_util.keystr(path[-1:])
+    (kernels if "kernel" in last else scales if "scale" in last else biases).append(
+        np.ravel(leaf))
+  kernels, scales = np.concatenate(kernels), np.concatenate(scales)
+  assert abs(kernels.std() - 0.02) < 0.002 and abs(kernels.mean()) < 0.002
+  assert abs(scales.mean() - 1.0) < 0.005 and abs(scales.std() - 0.02) < 0.005
+  assert all(np.all(b == 0) for b in biases)
 
 
 def test_expansion_block_runs_and_keeps_shape():
-    """The deep teachers' residual block (pads before its first 1x1 conv, as the reference)."""
-    block = ExpansionBlock("batch")
-    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
+  """The deep teachers' residual block (pads before its first 1x1 conv, as the reference)."""
+  block = ExpansionBlock("batch")
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
 
-    @jax.jit
-    def init_and_run(x):
-        variables = block.init(jax.random.key(1), x)
-        return variables, block.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  @jax.jit
+  def init_and_run(x):
+    variables = block.init(jax.random.key(1), x)
+    return variables, block.apply(variables, x, train=True, mutable=["batch_stats"])[0]
 
-    variables, y = init_and_run(x)
-    assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
-    assert count_params(variables["params"]) == expansion_block(3, "batch")
+  variables, y = init_and_run(x)
+  assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+  assert count_params(variables["params"]) == expansion_block(3, "batch")
 
 
 # ---------------------------------------------------------------- discriminator
 
 
 def test_discriminator_branches_and_shapes():
-    disc = build_discriminator(ndf=4, n_share=3)
-    x = jax.random.normal(jax.random.key(0), (2, 64, 48, 6))
+  disc = build_discriminator(ndf=4, n_share=3)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 48, 6))
 
-    @jax.jit
-    def init_and_run(x):
-        variables = disc.init(jax.random.key(1), x)
-        outs = disc.apply(variables, x, train=False)
-        (only1,) = disc.apply(variables, x, train=False, branches=(1,))
-        return variables, outs, only1
+  @jax.jit
+  def init_and_run(x):
+    variables = disc.init(jax.random.key(1), x)
+    outs = disc.apply(variables, x, train=False)
+    (only1,) = disc.apply(variables, x, train=False, branches=(1,))
+    return variables, outs, only1
 
-    variables, (out0, out1), only1 = init_and_run(x)
-    assert set(variables["params"]) == {"shared0", "shared1", "shared2", "branch0_3",
-                                        "branch0_4", "branch1_3", "branch1_4"}
-    assert out0.shape == out1.shape == (2, patch_output_size(64), patch_output_size(48), 1)
-    assert patch_output_size(256) == 30 and patch_output_size(32) == 2
-    np.testing.assert_allclose(only1, out1, rtol=1e-6)
-    assert not np.allclose(out0, out1)
+  variables, (out0, out1), only1 = init_and_run(x)
+  assert set(variables["params"]) == {"shared0", "shared1", "shared2", "branch0_3",
+                                      "branch0_4", "branch1_3", "branch1_4"}
+  assert out0.shape == out1.shape == (2, patch_output_size(64), patch_output_size(48), 1)
+  assert patch_output_size(256) == 30 and patch_output_size(32) == 2
+  np.testing.assert_allclose(only1, out1, rtol=1e-6)
+  assert not np.allclose(out0, out1)
 
 
 def test_fully_shared_discriminator_branches_agree():
-    disc = build_discriminator(ndf=4, n_share=5, norm="instance")
-    x = jax.random.normal(jax.random.key(0), (1, 32, 32, 6))
-    a, b = jax.jit(lambda x: disc.apply(disc.init(jax.random.key(1), x), x))(x)
-    np.testing.assert_allclose(a, b)
+  disc = build_discriminator(ndf=4, n_share=5, norm="instance")
+  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 6))
+  a, b = jax.jit(lambda x: disc.apply(disc.init(jax.random.key(1), x), x))(x)
+  np.testing.assert_allclose(a, b)
 
 
 # ---------------------------------------------------------------- transposed conv
 
 
 def scatter_conv_transpose(x, w, padding, output_padding):
-    """Naive PyTorch ConvTranspose2d(stride=2): out[2i - p + a] += x[i] @ w[a]."""
-    n, h, wd, _ = x.shape
-    k, c_out = w.shape[0], w.shape[3]
-    oh = (h - 1) * 2 - 2 * padding + k + output_padding
-    ow = (wd - 1) * 2 - 2 * padding + k + output_padding
-    out = np.zeros((n, oh + 2 * k, ow + 2 * k, c_out))
-    for i in range(h):
-        for j in range(wd):
-            for a in range(k):
-                for b in range(k):
-                    out[:, 2 * i - padding + a + k, 2 * j - padding + b + k] += x[:, i, j] @ w[a, b]
-    return out[:, k:k + oh, k:k + ow]
+  """Naive PyTorch ConvTranspose2d(stride=2): out[2i - p + a] += x[i] @ w[a]."""
+  n, h, wd, _ = x.shape
+  k, c_out = w.shape[0], w.shape[3]
+  oh = (h - 1) * 2 - 2 * padding + k + output_padding
+  ow = (wd - 1) * 2 - 2 * padding + k + output_padding
+  out = np.zeros((n, oh + 2 * k, ow + 2 * k, c_out))
+  for i in range(h):
+    for j in range(wd):
+      for a in range(k):
+        for b in range(k):
+          out[:, 2 * i - padding + a + k, 2 * j - padding + b + k] += x[:, i, j] @ w[a, b]
+  return out[:, k:k + oh, k:k + ow]
 
 
 @pytest.mark.parametrize("k,p,op", [(4, 1, 0), (3, 1, 1)])
 def test_conv_transpose_matches_pytorch_semantics(k, p, op):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
-    w = rng.normal(size=(k, k, 3, 4)).astype(np.float32)
-    expected = scatter_conv_transpose(x.astype(np.float64), w.astype(np.float64), p, op)
-    got = np.asarray(conv_transpose_subpixel(jnp.asarray(x), jnp.asarray(w), p, op))
-    assert got.shape == (2, 10, 12, 4)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
-    np.testing.assert_allclose(conv_transpose_dilated(jnp.asarray(x), jnp.asarray(w), p, op),
-                               expected, atol=1e-4)
-    t = jax.lax.conv_transpose(jnp.asarray(x), jnp.asarray(w)[::-1, ::-1], (2, 2),
-                               [(k - 1 - p, k - 1 - p + op)] * 2,
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(t, expected, atol=1e-4)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  w = rng.normal(size=(k, k, 3, 4)).astype(np.float32)
+  expected = scatter_conv_transpose(x.astype(np.float64), w.astype(np.float64), p, op)
+  got = np.asarray(conv_transpose_subpixel(jnp.asarray(x), jnp.asarray(w), p, op))
+  assert got.shape == (2, 10, 12, 4)
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  np.testing.assert_allclose(conv_transpose_dilated(jnp.asarray(x), jnp.asarray(w), p, op),
+                             expected, atol=1e-4)
+  t = jax.lax.conv_transpose(jnp.asarray(x), jnp.asarray(w)[::-1, ::-1], (2, 2),
+                             [(k - 1 - p, k - 1 - p + op)] * 2,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(t, expected, atol=1e-4)
 
 
 def test_conv_transpose_gradients_match():
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(1, 4, 4, 2)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(4, 4, 2, 3)), jnp.float32)
-    grads = [jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w, 1, 0))), argnums=(0, 1))(x, w)
-             for f in (conv_transpose_subpixel, conv_transpose_dilated)]
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(1, 4, 4, 2)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 4, 2, 3)), jnp.float32)
+  grads = [jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w, 1, 0))), argnums=(0, 1))(x, w)
+           for f in (conv_transpose_subpixel, conv_transpose_dilated)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 # ---------------------------------------------------------------- registry
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="unknown generator 'nope'; choose from unet"):
-        build_generator("nope")
-    with pytest.raises(ValueError, match="ngf must be a positive integer"):
-        build_generator("unet", ngf=0)
-    with pytest.raises(ValueError, match="ndf must be a positive integer"):
-        build_discriminator(ndf=-1)
-    with pytest.raises(ValueError, match="no field 'bogus'"):
-        build_generator("mobile_resnet", bogus=1)
-    with pytest.raises(ValueError, match="divisible by 256"):
-        check_image_size("unet", 128)
-    with pytest.raises(ValueError, match="width divisible by 32"):
-        check_image_size("unet_deepest", (64, 48), num_downs=5)
-    with pytest.raises(ValueError, match="divisible by 4"):
-        check_image_size("mobile_resnet", 30)
-    with pytest.raises(ValueError, match="too small for the PatchGAN"):
-        check_discriminator_size(16)
-    check_image_size("unet", 256)
-    check_image_size("resnet_9blocks", (36, 20))
-    check_discriminator_size(24)
-    with pytest.raises(ValueError, match="unknown norm 'group'"):
-        build_generator("unet", norm="group", num_downs=5).init(
-            jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="unknown generator 'nope'; choose from unet"):
+    build_generator("nope")
+  with pytest.raises(ValueError, match="ngf must be a positive integer"):
+    build_generator("unet", ngf=0)
+  with pytest.raises(ValueError, match="ndf must be a positive integer"):
+    build_discriminator(ndf=-1)
+  with pytest.raises(ValueError, match="no field 'bogus'"):
+    build_generator("mobile_resnet", bogus=1)
+  with pytest.raises(ValueError, match="divisible by 256"):
+    check_image_size("unet", 128)
+  with pytest.raises(ValueError, match="width divisible by 32"):
+    check_image_size("unet_deepest", (64, 48), num_downs=5)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    check_image_size("mobile_resnet", 30)
+  with pytest.raises(ValueError, match="too small for the PatchGAN"):
+    check_discriminator_size(16)
+  check_image_size("unet", 256)
+  check_image_size("resnet_9blocks", (36, 20))
+  check_discriminator_size(24)
+  with pytest.raises(ValueError, match="unknown norm 'group'"):
+    build_generator("unet", norm="group", num_downs=5).init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 @pytest.mark.parametrize("x_shape, kernel_shape, stride, pad, as_matmul", [

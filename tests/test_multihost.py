@@ -21,12 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "launch"))
 from local_multiprocess import launch_local  # noqa: E402
 
+from conftest import TINY_OMGD, override  # noqa: E402
+
 # Explicit schedule lengths: the learning rate must not depend on num_train_steps, so runs of
 # different lengths agree on their common steps.
-TINY = {"data.crop_size": 32, "teacher_wide.ngf": 8, "teacher_deep.ngf": 4, "student.ngf": 4,
-        "discriminator.ndf": 8, "batch_size": 8, "num_train_steps": 4, "log_every": 2,
-        "checkpoint_every": 2, "eval_every": 100, "eval.max_examples": 8, "eval.batch_size": 8,
-        "eval.num_sample_images": 2, "data.num_threads": 2, "optimizer.constant_steps": 100,
+TINY = {**TINY_OMGD, "eval.num_sample_images": 2, "optimizer.constant_steps": 100,
         "optimizer.decay_steps": 100}
 # Topologies differ in reduction order. The sum of squares of the parameters agrees to float32
 # rounding; the plain sum less closely, since Adam turns rounding noise in a near-zero gradient
@@ -35,14 +34,7 @@ SUM_RTOL, SUM_OF_SQUARES_RTOL = 1e-3, 1e-4
 
 
 def tiny_config(**overrides):
-  config = omgd_config.get_config("unet64")
-  for key, value in {**TINY, **overrides}.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return config
+  return override(omgd_config.get_config("unet64"), {**TINY, **overrides})
 
 
 def tiny_flags(workdir, **overrides) -> list[str]:
@@ -90,7 +82,7 @@ def reference(tmp_path_factory):
 def test_two_processes_match_one_and_their_checkpoint_resumes_in_one_process(tmp_path, reference):
   workdir = tmp_path / "run"
   status = launch_local(tiny_flags(workdir, num_train_steps=2), num_processes=2,
-                        devices_per_process=4, env=subprocess_env(), timeout=400)
+                        devices_per_process=4, env=subprocess_env(), timeout=3600)  # hang guard
   assert status == 0
   two_processes = read_summary(workdir)
   assert (two_processes["processes"], two_processes["devices"], two_processes["steps"]) == (2, 8, 2)

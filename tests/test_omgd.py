@@ -7,7 +7,8 @@ import numpy as np
 from gankd_jax import parallel
 from gankd_jax.losses import gan, image
 from gankd_jax.methods import build_method
-from gankd_jax.methods.omgd import TEACHER_ROLES, step_rng
+from gankd_jax.methods.common import step_rng
+from gankd_jax.methods.omgd import TEACHER_ROLES
 from test_train import fixed_batch, tiny_config
 
 
@@ -50,7 +51,7 @@ def test_fused_adversarial_gradients_equal_the_reference_formulation():
   mesh = parallel.make_mesh(1)
   method = build_method(config)
   batch = fixed_batch(config, mesh)
-  state = jax.jit(method.init_state)(jax.random.key(1), batch)
+  state = jax.jit(method.init_state)(jax.random.key(1), batch, {})
   _, teacher_grads, (d_grads, _), _ = jax.jit(method._adversarial_gradients)(
       state, batch["A"], batch["B"])
   expected_teacher, expected_d = jax.jit(reference_gradients, static_argnums=0)(
@@ -74,11 +75,11 @@ def test_vgg_weights_file_turns_the_perceptual_terms_on(tmp_path):
   config = tiny_config(**{"vgg.weights": str(path)})
   method = build_method(config)
   assert {"style", "feature"} <= set(method.active_losses())
-  assert any(str(path) in note for note in method.notes())
+  assert any(str(path) in note.text and note.level == "info" for note in method.notes())
   mesh = parallel.make_mesh(1)
   batch = fixed_batch(config, mesh)
-  state = jax.jit(method.init_state)(jax.random.key(0), batch)
-  frozen = method.frozen_variables()
+  frozen = method.load_frozen()
+  state = jax.jit(method.init_state)(jax.random.key(0), batch, frozen)
   jax.tree_util.tree_map(np.testing.assert_array_equal, frozen["vgg"], jax.device_get(params))
   _, metrics = jax.jit(method.train_step, static_argnums=3)(state, batch, frozen, False)
   assert np.isfinite(metrics["student/style"]) and metrics["student/style"] > 0
@@ -97,11 +98,11 @@ def test_pixel_term_is_the_l1_from_the_student_to_each_teacher():
   assert method.active_losses()["pixel"] == 2.0
   mesh = parallel.make_mesh(1)
   batch = fixed_batch(config, mesh)
-  state = jax.jit(method.init_state)(jax.random.key(0), batch)
+  state = jax.jit(method.init_state)(jax.random.key(0), batch, {})
   targets = [jnp.tanh(batch["B"]), -jnp.tanh(batch["B"])]
   _, (metrics, _, fake) = jax.jit(method._student_loss)(
       state.student.params, state.student.batch_stats, batch["A"], targets, None,
-      method.frozen_variables(), step_rng(state))
+      method.load_frozen(), step_rng(state))
   expected = sum(2.0 * jnp.mean(jnp.abs(fake - t)) for t in targets)
   np.testing.assert_allclose(metrics["student/pixel"], expected, rtol=1e-6)
 
@@ -119,7 +120,7 @@ def test_default_setup_starts_with_students_unlike_their_teachers():
     (config[section] if section else config)[field] = value
   method = build_method(config)
   batch = fixed_batch(config, parallel.make_mesh(1))
-  state = jax.jit(method.init_state)(jax.random.key(0), batch)
+  state = jax.jit(method.init_state)(jax.random.key(0), batch, {})
   outputs = jax.jit(method.generate)(state, batch)
   for role, image_out in outputs.items():
     assert float(jnp.std(image_out)) > 0.05, role

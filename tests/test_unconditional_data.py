@@ -17,7 +17,7 @@ def config(**fields):
 
 
 def test_digits_split_is_deterministic_disjoint_and_stratified():
-  raw, labels = digits._load_raw()
+  _, labels = digits._load_raw()
   train, test = digits.split_indices(labels, "train"), digits.split_indices(labels, "test")
   assert len(train) + len(test) == len(labels) == 1797
   assert not set(train) & set(test)

@@ -31,53 +31,53 @@ __all__ = [
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-    """Data config with defaults: the embedded edges->photo set at 64x64."""
-    return ml_collections.ConfigDict({
-        "name": EMBEDDED_NAME,
-        "path": ml_collections.FieldReference(None, field_type=str),
-        "direction": "AtoB",
-        "load_size": ml_collections.FieldReference(None, field_type=int),  # None: crop_size
-        "crop_size": 64,
-        "flip": True,
-        "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: val, else test
-        "num_threads": 8,
-    })
+  """Data config with defaults: the embedded edges->photo set at 64x64."""
+  return ml_collections.ConfigDict({
+      "name": EMBEDDED_NAME,
+      "path": ml_collections.FieldReference(None, field_type=str),
+      "direction": "AtoB",
+      "load_size": ml_collections.FieldReference(None, field_type=int),  # None: crop_size
+      "crop_size": 64,
+      "flip": True,
+      "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: val, else test
+      "num_threads": 8,
+  })
 
 
 def unconditional_data_config() -> ml_collections.ConfigDict:
-    """Data config of the unconditional datasets, with defaults: embedded digits at 32x32."""
-    return ml_collections.ConfigDict({
-        "name": digits.DATASET_NAME,  # digits | mnist | cifar10 | celeb_a | image_folder
-        "path": ml_collections.FieldReference(None, field_type=str),  # image_folder's folder
-        "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
-        "image_size": 32,
-        "channels": 0,      # 0: the dataset's own (1 for digits / mnist, 3 otherwise)
-        "center_crop": ml_collections.FieldReference(None, field_type=int),  # None: per dataset
-        "flip": False,
-        "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: per dataset
-        "num_threads": 4,
-    })
+  """Data config of the unconditional datasets, with defaults: embedded digits at 32x32."""
+  return ml_collections.ConfigDict({
+      "name": digits.DATASET_NAME,  # digits | mnist | cifar10 | celeb_a | image_folder
+      "path": ml_collections.FieldReference(None, field_type=str),  # image_folder's folder
+      "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
+      "image_size": 32,
+      "channels": 0,      # 0: the dataset's own (1 for digits / mnist, 3 otherwise)
+      "center_crop": ml_collections.FieldReference(None, field_type=int),  # None: per dataset
+      "flip": False,
+      "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: per dataset
+      "num_threads": 4,
+  })
 
 
 def build_dataset(data_config, split: str):
-    """Dataset named by `data_config.name` for `split` ('train' or 'eval'; 'val'/'test' pick
-    that folder explicitly). Only 'train' applies random crop/flip."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    name = data_config.name
-    if name == digits.DATASET_NAME:
-        return digits.build(data_config, split)
-    if name in UNCONDITIONAL_NAMES:
-        return unconditional.build(data_config, split)
-    if name == EMBEDDED_NAME:
-        transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
-                                        data_config.get("flip", True), train=split == "train")
-        return EmbeddedEdgesToPhoto("train" if split == "train" else "test", transform,
-                                    direction=data_config.get("direction", "AtoB"))
-    if name == FOLDER_NAME:
-        return build_aligned_folder(
-            data_config.get("path"), split, direction=data_config.get("direction", "AtoB"),
-            crop_size=data_config.crop_size, load_size=data_config.get("load_size"),
-            flip=data_config.get("flip", True), eval_split=data_config.get("eval_split"),
-            num_threads=data_config.get("num_threads", 8))
-    raise ValueError(f"unknown data.name {name!r}; choices: {', '.join(DATASET_NAMES)}")
+  """Dataset named by `data_config.name` for `split` ('train' or 'eval'; 'val'/'test' pick
+  that folder explicitly). Only 'train' applies random crop/flip."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  name = data_config.name
+  if name == digits.DATASET_NAME:
+    return digits.build(data_config, split)
+  if name in UNCONDITIONAL_NAMES:
+    return unconditional.build(data_config, split)
+  if name == EMBEDDED_NAME:
+    transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
+                                    data_config.get("flip", True), train=split == "train")
+    return EmbeddedEdgesToPhoto("train" if split == "train" else "test", transform,
+                                direction=data_config.get("direction", "AtoB"))
+  if name == FOLDER_NAME:
+    return build_aligned_folder(
+        data_config.get("path"), split, direction=data_config.get("direction", "AtoB"),
+        crop_size=data_config.crop_size, load_size=data_config.get("load_size"),
+        flip=data_config.get("flip", True), eval_split=data_config.get("eval_split"),
+        num_threads=data_config.get("num_threads", 8))
+  raise ValueError(f"unknown data.name {name!r}; choices: {', '.join(DATASET_NAMES)}")

@@ -32,54 +32,54 @@ NUM_CLASSES = 10
 
 @functools.lru_cache(maxsize=1)
 def _load_raw() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise ValueError("the 'digits' dataset needs scikit-learn (pip install scikit-learn)") from None
-    bunch = load_digits()
-    return bunch.images.astype(np.float32), bunch.target.astype(np.int32)
+  try:
+    from sklearn.datasets import load_digits
+  except ImportError:
+    raise ValueError("the 'digits' dataset needs scikit-learn (pip install scikit-learn)") from None
+  bunch = load_digits()
+  return bunch.images.astype(np.float32), bunch.target.astype(np.int32)
 
 
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
-    """Sorted indices of `split` ('train' or 'test'): a per-class deterministic holdout."""
-    if split not in ("train", "test"):
-        raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
-    rng = np.random.default_rng(SPLIT_SEED)
-    chosen = []
-    for label in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == label)
-        order = rng.permutation(members)
-        num_test = int(round(TEST_FRACTION * len(members)))
-        chosen.append(order[:num_test] if split == "test" else order[num_test:])
-    return np.sort(np.concatenate(chosen))
+  """Sorted indices of `split` ('train' or 'test'): a per-class deterministic holdout."""
+  if split not in ("train", "test"):
+    raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+  rng = np.random.default_rng(SPLIT_SEED)
+  chosen = []
+  for label in range(NUM_CLASSES):
+    members = np.flatnonzero(labels == label)
+    order = rng.permutation(members)
+    num_test = int(round(TEST_FRACTION * len(members)))
+    chosen.append(order[:num_test] if split == "test" else order[num_test:])
+  return np.sort(np.concatenate(chosen))
 
 
 def upsample(digit: np.ndarray, size: int) -> np.ndarray:
-    """One 8x8 digit (0..16 floats) -> uint8 (size, size), bicubic (see the module doc)."""
-    image = Image.fromarray(np.asarray(digit, np.float32), mode="F")
-    if size != digit.shape[0]:
-        image = image.resize((size, size), Image.BICUBIC)
-    scaled = np.clip(np.asarray(image), 0.0, MAX_VALUE) * (255.0 / MAX_VALUE)
-    return np.round(scaled).astype(np.uint8)
+  """One 8x8 digit (0..16 floats) -> uint8 (size, size), bicubic (see the module doc)."""
+  image = Image.fromarray(np.asarray(digit, np.float32), mode="F")
+  if size != digit.shape[0]:
+    image = image.resize((size, size), Image.BICUBIC)
+  scaled = np.clip(np.asarray(image), 0.0, MAX_VALUE) * (255.0 / MAX_VALUE)
+  return np.round(scaled).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=8)
 def load_split(split: str, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, size, size), labels int32 (N,)) of the 'train' or 'test' split."""
-    raw, labels = _load_raw()
-    indices = split_indices(labels, split)
-    upsampled = np.stack([upsample(raw[i], size) for i in indices])
-    upsampled.setflags(write=False)
-    return upsampled, labels[indices]
+  """(images uint8 (N, size, size), labels int32 (N,)) of the 'train' or 'test' split."""
+  raw, labels = _load_raw()
+  indices = split_indices(labels, split)
+  upsampled = np.stack([upsample(raw[i], size) for i in indices])
+  upsampled.setflags(write=False)
+  return upsampled, labels[indices]
 
 
 def build(data_config, split: str) -> ArrayImages:
-    """'train' -> the training split; anything else -> the held-out 'test' split."""
-    size = int(data_config.image_size)
-    if size <= 0:
-        raise ValueError(f"data.image_size must be positive, got {size}")
-    channels = int(data_config.get("channels", 0)) or 1
-    transform = ImageTransform(size, channels, 0, bool(data_config.get("flip", False)),
-                               train=split == "train")
-    array, labels = load_split("train" if split == "train" else "test", size)
-    return ArrayImages(array, transform, labels=labels)
+  """'train' -> the training split; anything else -> the held-out 'test' split."""
+  size = int(data_config.image_size)
+  if size <= 0:
+    raise ValueError(f"data.image_size must be positive, got {size}")
+  channels = int(data_config.get("channels", 0)) or 1
+  transform = ImageTransform(size, channels, 0, bool(data_config.get("flip", False)),
+                             train=split == "train")
+  array, labels = load_split("train" if split == "train" else "test", size)
+  return ArrayImages(array, transform, labels=labels)

@@ -15,7 +15,8 @@ updates; so the experiment's default is `--gan=hinge`, and results.md says which
 in DIR/runs/<method>_d<d> (so a killed experiment resumes where it stopped). Then every generator
 is evaluated on the same `--num_samples` latent codes:
 
-  fid   Frechet distance of the generated images' features to the real training images' features
+  fid   Frechet distance of the generated images' features to the first --num_samples real
+        training images' features (evaluation latents: methods/common.py, by example index)
   is    Inception-Score-style exp(E KL(p(y|x) || p(y))) over 10 splits
   vol   mean Variance of the Laplacian of the generated images (sharpness, as in the paper)
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Optional
@@ -66,8 +66,8 @@ def define_flags():
   flags.DEFINE_float("alpha", 0.02, "Joint distillation: weight of the adversarial term.")
   flags.DEFINE_float("lr", 2e-4, "Adam learning rate of every run.")
   flags.DEFINE_integer("batch_size", 64, "Batch size of every run.")
-  flags.DEFINE_integer("num_samples", 2000, "Generated images per row for FID / IS / VoL.")
-  flags.DEFINE_integer("max_reference", 10000, "Real training images for the FID reference.")
+  flags.DEFINE_integer("num_samples", 2000, "Generated images per row for FID / IS / VoL, and "
+                       "real training images for the FID reference (at most the training split).")
   flags.DEFINE_string("inception_weights", None, "pytorch-fid Inception weights (colour datasets).")
   flags.DEFINE_integer("seed", 0, "Seed of every run and of the evaluation latents.")
   flags.mark_flags_as_required(["workdir"])
@@ -145,7 +145,7 @@ def check_settings(settings) -> None:
   if settings.dataset not in data.UNCONDITIONAL_NAMES:
     raise ValueError(f"--dataset: unknown '{settings.dataset}'; choose from "
                      f"{', '.join(data.UNCONDITIONAL_NAMES)}")
-  for name in ("teacher_iters", "student_iters", "num_samples", "batch_size", "max_reference"):
+  for name in ("teacher_iters", "student_iters", "num_samples", "batch_size"):
     if getattr(settings, name) <= 0:
       raise ValueError(f"--{name} must be positive, got {getattr(settings, name)}")
   if settings.num_samples < 10:
@@ -172,7 +172,6 @@ class Settings:
   lr: float
   batch_size: int
   num_samples: int
-  max_reference: int
   inception_weights: Optional[str]
   seed: int
 
@@ -184,103 +183,47 @@ def settings_from_flags() -> Settings:
     raise ValueError(f"--d_list must be integers, got {','.join(FLAGS.d_list)}") from None
   return Settings(FLAGS.dataset, FLAGS.data_path, FLAGS.image_size, FLAGS.teacher_d, d_list,
                   FLAGS.teacher_iters, FLAGS.student_iters, FLAGS.critic_d, FLAGS.gan, FLAGS.alpha, FLAGS.lr,
-                  FLAGS.batch_size, FLAGS.num_samples, FLAGS.max_reference,
+                  FLAGS.batch_size, FLAGS.num_samples,
                   FLAGS.inception_weights, FLAGS.seed)
 
 
-# ------------------------------------------------------------------------------------ features
-@dataclasses.dataclass
-class FeatureNetwork:
-  name: str                 # "digit_classifier" or "inception"
-  extractor: Any            # images -> {"features": (N, F), "logits": (N, K)}
-  num_features: int
-  num_classes: int
-
-
-def feature_network(settings, mesh, batch_size: int) -> tuple[Optional[FeatureNetwork], str]:
-  """The feature network for this dataset, or (None, why not)."""
-  from gankd_jax.metrics.features import FeatureExtractor
-  if settings.dataset in DIGIT_DATASETS:
-    from gankd_jax.metrics import digit_classifier as dc
-    extractor = FeatureExtractor(dc.apply, dc.load_weights(), batch_size, mesh)
-    return FeatureNetwork(dc.FEATURE_NETWORK, extractor, dc.NUM_FEATURES, dc.NUM_CLASSES), ""
-  from gankd_jax.metrics import distribution
-  from gankd_jax.models import inception
-  from gankd_jax.weights import download
-  try:
-    path = download.resolve(download.INCEPTION_FID, settings.inception_weights,
-                            flag="--inception_weights")
-    variables = inception.load_inception(path)
-  except ValueError as error:
-    return None, f"fid and is not computed: {error}"
-  model = inception.InceptionV3()
-
-  def apply(v, x):
-    out = model.apply(v, distribution.to_inception_input(x))
-    return {"features": out["pool"], "logits": out["logits"]}
-  return FeatureNetwork("inception", FeatureExtractor(apply, variables, batch_size, mesh),
-                        2048, 1008), ""
-
-
-def reference_stats(network: FeatureNetwork, train_data, max_reference: int, batch_size: int):
-  """Gaussian statistics of the real training images' features (first `max_reference`)."""
-  import numpy as np
-  from gankd_jax.metrics import fid
-  stats = fid.GaussianStats(network.num_features)
-  count = min(len(train_data), max_reference)
-  for start in range(0, count, batch_size):
-    images = np.stack([train_data.example(i, None)["image"]
-                       for i in range(start, min(count, start + batch_size))])
-    stats.update(network.extractor(images)["features"])
-  return stats.result()
-
-
 # ------------------------------------------------------------------------------------ evaluation
-def restore_state(config, workdir: str):
-  """The method of a finished run and its latest checkpointed state (on the default device)."""
+def feature_network_name(settings) -> str:
+  return "digit_classifier" if settings.dataset in DIGIT_DATASETS else "inception"
+
+
+def build_evaluators(settings, mesh, batch_size: int):
+  """FID and IS (the dataset's feature network) and VoL, through the shared evaluation pass."""
+  import ml_collections
+  from gankd_jax import evaluation
+  features = feature_network_name(settings)
+  declared = {"fid": {"type": "fid", "features": features},
+              "inception_score": {"type": "inception_score", "features": features},
+              "sharpness": {"type": "sharpness"}}
+  return evaluation.build(ml_collections.ConfigDict({
+      "evaluators": declared, "inception_weights": settings.inception_weights or ""}),
+      mesh, batch_size)
+
+
+def evaluate_run(run_dir: str, role: str, evaluators, dataset, mesh, settings, batch_size: int
+                 ) -> tuple[dict[str, Any], Any, Any]:
+  """fid / is / vol of `role`'s images on the evaluation latents of the first `num_samples`
+  examples (reference: those training images), its first 64 images, and the restored run."""
   import jax
   import jax.numpy as jnp
-  from gankd_jax import checkpointing
-  from gankd_jax.data import unconditional
-  from gankd_jax.methods import build_method
-  method = build_method(config)
-  shape = unconditional.image_shape(config.data)
-  example = {"image": jax.ShapeDtypeStruct((1, *shape), jnp.float32)}
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0), example)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
-  _, state = checkpointing.restore_latest(workdir, abstract)
-  return method, state
-
-
-def evaluate_generator(method, state, role: str, latents, network: Optional[FeatureNetwork],
-                       reference, batch_size: int) -> tuple[dict[str, Any], Any]:
-  """fid / is / vol of `role`'s images on `latents`, and its first 64 images."""
-  import jax
   import numpy as np
-  from gankd_jax.metrics import fid, inception_score, sharpness
-  module = method.generator_modules()[role]
-  variables = method.generator_variables(state)[role]
-  generate = jax.jit(lambda v, z: module.apply(v, z, train=False))
-  vol = jax.jit(sharpness.variance_of_laplacian)
-  stats = fid.GaussianStats(network.num_features) if network else None
-  score = inception_score.InceptionScore(len(latents), network.num_classes) if network else None
-  vol_sum, first = 0.0, None
-  for start in range(0, len(latents), batch_size):
-    images = generate(variables, latents[start:start + batch_size])
-    vol_sum += float(np.sum(np.asarray(vol(images), np.float64)))
-    if first is None:
-      first = np.asarray(images[:64])
-    if network:
-      out = network.extractor(np.asarray(images))
-      stats.update(out["features"])
-      score.update(out["logits"])
-  result = {"fid": None, "is": None, "vol": vol_sum / len(latents)}
-  if network:
-    result["fid"] = fid.frechet_distance(*stats.result(), *reference)
-    result["is"] = score.result()[0]
-  return result, first
+  from gankd_jax import evaluation, runs
+  restored = runs.restore_run(run_dir, mesh=mesh)
+  evaluators.set_roles((role,))
+  result = evaluation.evaluation_pass(
+      restored.method, restored.state, restored.frozen, dataset, mesh, evaluators,
+      batch_size=batch_size, max_examples=settings.num_samples, num_sample_images=0)
+  scores = result.results.get(role, {})
+  first = {"index": jnp.arange(64, dtype=jnp.int32),
+           "image": jnp.zeros((64, *dataset.image_shape), jnp.float32)}
+  images = jax.jit(restored.method.generate)(restored.state, first, restored.frozen)[role]
+  return ({"fid": scores.get("fid"), "is": scores.get("is"), "vol": scores["vol"]},
+          np.asarray(images), restored)
 
 
 def sample_grid(images, columns: int = 8):
@@ -354,8 +297,9 @@ def results_markdown(rows, settings, network_name: str, note: str, wall_s: float
       f"Feature network for FID and IS: **{network_name}**"
       + (" (trained on the embedded digits' training split; not comparable with Inception-based numbers)"
          if network_name == "digit_classifier" else ""),
-      f"{settings.num_samples} generated images per row (the same latent codes for every row); "
-      "FID against the real training images; VoL on the 0..255 grey scale.",
+      f"{settings.num_samples} generated images per row (at most the training split's size; the "
+      "evaluation latents of methods/common.py, the same for every row and every method); FID "
+      "against as many real training images; VoL on the 0..255 grey scale.",
       f"Teacher: DCGAN d={settings.teacher_d}, GAN loss {settings.gan}, {settings.teacher_iters} "
       f"generator updates. Students: {settings.student_iters} generator updates each (joint / "
       f"scratch with a critic of d={settings.critic_d}, "
@@ -409,8 +353,6 @@ def write_text(path: str, text: str) -> None:
 # ------------------------------------------------------------------------------------ the run
 def run_experiment(settings: Settings, workdir: str) -> list[dict]:
   """Plans (validating everything), trains every run, evaluates, writes the outputs."""
-  import jax
-  import numpy as np
   from gankd_jax import checkpointing, data, parallel, stats, train, visualize
   check_settings(settings)
   experiment = plan(settings, workdir)
@@ -419,7 +361,9 @@ def run_experiment(settings: Settings, workdir: str) -> list[dict]:
   train_data = data.build_dataset(experiment.runs[0][2].data, "train")
   mesh = parallel.make_mesh(1)
   eval_batch = 250
-  network, note = feature_network(settings, mesh, eval_batch)
+  evaluators = build_evaluators(settings, mesh, eval_batch)
+  note = "; ".join(evaluators.notes)
+  network_name = "none" if note else feature_network_name(settings)
 
   start = time.time()
   for k, (mode, d, config, run_dir) in enumerate(experiment.runs, 1):
@@ -430,23 +374,21 @@ def run_experiment(settings: Settings, workdir: str) -> list[dict]:
           f"({elapsed / 60:.1f} min elapsed)", flush=True)
     train.train_and_evaluate(config, run_dir)
 
-  print(f"evaluating {len(experiment.runs)} generators on {settings.num_samples} samples "
-        f"({network.name if network else 'no feature network'})", flush=True)
-  reference = reference_stats(network, train_data, settings.max_reference, eval_batch) if network else None
-  nz = experiment.runs[0][2].nz
-  latents = np.asarray(jax.random.normal(jax.random.key(settings.seed + 1), (settings.num_samples, nz)))
+  num_samples = min(settings.num_samples, train_data.num_examples)
+  print(f"evaluating {len(experiment.runs)} generators on {num_samples} samples "
+        f"({network_name} features)", flush=True)
   rows = []
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   for mode, d, config, run_dir in experiment.runs:
-    method, state = restore_state(config, run_dir)
     role = "teacher" if mode == "teacher" else "student"
-    metrics, first = evaluate_generator(method, state, role, latents, network, reference, eval_batch)
-    params = stats.count_params(method.generator_variables(state)[role]["params"])
+    metrics, first, restored = evaluate_run(run_dir, role, evaluators, train_data, mesh, settings,
+                                            eval_batch)
+    params = stats.count_params(
+        restored.method.networks(restored.state, restored.frozen)[role].variables["params"])
     rows.append({"method": mode, "d": int(d), "params": int(params), **metrics})
     visualize.save_png(sample_grid(first), os.path.join(workdir, "samples", f"{mode}_d{d}.png"))
     logging.info("%s d=%d: %s", mode, d, rows[-1])
   wall = time.time() - start
-  network_name = network.name if network else "none"
   write_text(os.path.join(workdir, "results.json"), json.dumps(rows, indent=2))
   write_text(os.path.join(workdir, "results.md"),
              results_markdown(rows, settings, network_name, note, wall))

@@ -26,74 +26,74 @@ GAN_KINDS = ("hinge", "lsgan", "vanilla")
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in GAN_KINDS:
-        raise ValueError(f"unknown GAN loss kind {kind!r}; expected one of {', '.join(GAN_KINDS)}")
+  if kind not in GAN_KINDS:
+    raise ValueError(f"unknown GAN loss kind {kind!r}; expected one of {', '.join(GAN_KINDS)}")
 
 
 def _as_list(logits: Logits) -> list:
-    """Single arrays and lists of arrays share one code path."""
-    if isinstance(logits, (list, tuple)):
-        if not logits:
-            raise ValueError("GAN loss got an empty list of logits")
-        return list(logits)
-    return [logits]
+  """Single arrays and lists of arrays share one code path."""
+  if isinstance(logits, (list, tuple)):
+    if not logits:
+      raise ValueError("GAN loss got an empty list of logits")
+    return list(logits)
+  return [logits]
 
 
 def _mean_over_outputs(per_output: Callable[[jax.Array], jax.Array], logits: Logits) -> jax.Array:
-    terms = [per_output(jnp.asarray(x, jnp.float32)) for x in _as_list(logits)]
-    return sum(terms) / len(terms)
+  terms = [per_output(jnp.asarray(x, jnp.float32)) for x in _as_list(logits)]
+  return sum(terms) / len(terms)
 
 
 def _bce_with_logits(logits: jax.Array, target: float) -> jax.Array:
-    """Numerically stable BCE-with-logits, mean reduced (torch.nn.BCEWithLogitsLoss)."""
-    per_element = jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-    return jnp.mean(per_element)
+  """Numerically stable BCE-with-logits, mean reduced (torch.nn.BCEWithLogitsLoss)."""
+  per_element = jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  return jnp.mean(per_element)
 
 
 def _real_term(kind: str, logits: jax.Array) -> jax.Array:
-    if kind == "hinge":
-        return jnp.mean(jax.nn.relu(1.0 - logits))
-    if kind == "lsgan":
-        return jnp.mean(jnp.square(logits - 1.0))
-    return _bce_with_logits(logits, 1.0)
+  if kind == "hinge":
+    return jnp.mean(jax.nn.relu(1.0 - logits))
+  if kind == "lsgan":
+    return jnp.mean(jnp.square(logits - 1.0))
+  return _bce_with_logits(logits, 1.0)
 
 
 def _fake_term(kind: str, logits: jax.Array) -> jax.Array:
-    if kind == "hinge":
-        return jnp.mean(jax.nn.relu(1.0 + logits))
-    if kind == "lsgan":
-        return jnp.mean(jnp.square(logits))
-    return _bce_with_logits(logits, 0.0)
+  if kind == "hinge":
+    return jnp.mean(jax.nn.relu(1.0 + logits))
+  if kind == "lsgan":
+    return jnp.mean(jnp.square(logits))
+  return _bce_with_logits(logits, 0.0)
 
 
 def _generator_term(kind: str, logits: jax.Array) -> jax.Array:
-    if kind == "hinge":
-        return -jnp.mean(logits)
-    # lsgan / vanilla: the generator wants its fakes classified as real.
-    return _real_term(kind, logits)
+  if kind == "hinge":
+    return -jnp.mean(logits)
+  # lsgan / vanilla: the generator wants its fakes classified as real.
+  return _real_term(kind, logits)
 
 
 def discriminator_real_loss(kind: str, real_logits: Logits) -> jax.Array:
-    """The discriminator's loss on real samples alone (OMGD's `loss_D_real`)."""
-    _check_kind(kind)
-    return _mean_over_outputs(lambda x: _real_term(kind, x), real_logits)
+  """The discriminator's loss on real samples alone (OMGD's `loss_D_real`)."""
+  _check_kind(kind)
+  return _mean_over_outputs(lambda x: _real_term(kind, x), real_logits)
 
 
 def discriminator_fake_loss(kind: str, fake_logits: Logits) -> jax.Array:
-    """The discriminator's loss on generated samples alone (OMGD's `loss_D_fake`)."""
-    _check_kind(kind)
-    return _mean_over_outputs(lambda x: _fake_term(kind, x), fake_logits)
+  """The discriminator's loss on generated samples alone (OMGD's `loss_D_fake`)."""
+  _check_kind(kind)
+  return _mean_over_outputs(lambda x: _fake_term(kind, x), fake_logits)
 
 
 def discriminator_loss(kind: str, real_logits: Logits, fake_logits: Logits) -> jax.Array:
-    """Discriminator loss `0.5 * (real + fake)`, the combination OMGD and pix2pix use."""
-    return 0.5 * (discriminator_real_loss(kind, real_logits) + discriminator_fake_loss(kind, fake_logits))
+  """Discriminator loss `0.5 * (real + fake)`, the combination OMGD and pix2pix use."""
+  return 0.5 * (discriminator_real_loss(kind, real_logits) + discriminator_fake_loss(kind, fake_logits))
 
 
 def generator_loss(kind: str, fake_logits: Logits) -> jax.Array:
-    """Generator's adversarial loss on the discriminator's logits for its fakes (no 0.5 factor)."""
-    _check_kind(kind)
-    return _mean_over_outputs(lambda x: _generator_term(kind, x), fake_logits)
+  """Generator's adversarial loss on the discriminator's logits for its fakes (no 0.5 factor)."""
+  _check_kind(kind)
+  return _mean_over_outputs(lambda x: _generator_term(kind, x), fake_logits)
 
 
 # --------------------------------------------------------------------------- Wasserstein (WGAN-GP)
@@ -105,22 +105,22 @@ WASSERSTEIN_GP = "wgan_gp"
 
 
 def wasserstein_critic_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
-    """`mean(D(fake)) - mean(D(real))` (the negated Wasserstein estimate)."""
-    return jnp.mean(jnp.asarray(fake_logits, jnp.float32)) - jnp.mean(jnp.asarray(real_logits, jnp.float32))
+  """`mean(D(fake)) - mean(D(real))` (the negated Wasserstein estimate)."""
+  return jnp.mean(jnp.asarray(fake_logits, jnp.float32)) - jnp.mean(jnp.asarray(real_logits, jnp.float32))
 
 
 def wasserstein_generator_loss(fake_logits: jax.Array) -> jax.Array:
-    """`-mean(D(fake))`."""
-    return -jnp.mean(jnp.asarray(fake_logits, jnp.float32))
+  """`-mean(D(fake))`."""
+  return -jnp.mean(jnp.asarray(fake_logits, jnp.float32))
 
 
 def gradient_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array,
                      rng: jax.Array) -> jax.Array:
-    """`mean((||grad_x critic(x_hat)||_2 - 1)^2)`, x_hat = eps real + (1 - eps) fake, eps ~ U[0, 1]
-    per example. `critic` maps a batch to one logit per example and must treat examples
-    independently (no BatchNorm), so the gradient of the summed logits is per example."""
-    eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
-    interpolates = eps * real + (1.0 - eps) * fake
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(interpolates)
-    norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))) + 1e-12)
-    return jnp.mean(jnp.square(norms - 1.0))
+  """`mean((||grad_x critic(x_hat)||_2 - 1)^2)`, x_hat = eps real + (1 - eps) fake, eps ~ U[0, 1]
+  per example. `critic` maps a batch to one logit per example and must treat examples
+  independently (no BatchNorm), so the gradient of the summed logits is per example."""
+  eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  interpolates = eps * real + (1.0 - eps) * fake
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(interpolates)
+  norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))) + 1e-12)
+  return jnp.mean(jnp.square(norms - 1.0))

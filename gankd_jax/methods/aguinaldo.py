@@ -11,8 +11,10 @@ factor d. Modes (`config.mode`):
   scratch   the student trained as an ordinary GAN (alpha = 1, no teacher): the baseline.
 
 The teacher is read frozen from a teacher run (`teacher.workdir`: its config.json and latest
-checkpoint) or, when that is empty, trained first in the same run: steps [0, teacher.num_train_steps)
-train the teacher, the rest the student, so the one checkpointed state resumes either stage.
+checkpoint), from a variables file (`teacher.weights`, runs.save_variables' format, the
+architecture given by `family` and `teacher.d`) or, when both are empty, trained first in the same
+run: steps [0, teacher.num_train_steps) train the teacher, the rest the student, so the one
+checkpointed state resumes either stage.
 
 Adversarial training (Gulrajani et al. 2017, Algorithm 1, the paper's teacher training): every
 step is one critic update on one real batch; every `n_critic`-th step also updates the generator
@@ -24,7 +26,6 @@ gan_mnist.py); hinge / lsgan / vanilla (losses/gan.py) with n_critic = 1 are the
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import flax
@@ -33,18 +34,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gankd_jax import checkpointing, models
-from gankd_jax.data import unconditional
+from gankd_jax import models, runs
 from gankd_jax.losses import gan
-from gankd_jax.methods.base import (Method, NetState, Network, adam_with_global_schedule,
-                                    apply_update)
-from gankd_jax.models.init import init_variables
+from gankd_jax.methods import common
+from gankd_jax.methods.base import Method, NetState, Network, Note
 
 METHOD_NAME = "aguinaldo"
 MODES = ("teacher", "mse", "joint", "scratch")
 GAN_LOSSES = (gan.WASSERSTEIN_GP, *gan.GAN_KINDS)
 TEACHER_STAGE, STUDENT_STAGE = "teacher", "student"
-EVAL_LATENT_SEED = 20190201  # Evaluation latents: z_i from (this seed, example index i).
 
 
 @flax.struct.dataclass
@@ -57,20 +55,9 @@ class AguinaldoState:
   teacher_discriminator: Optional[NetState]
 
 
-def step_rng(state: AguinaldoState) -> jax.Array:
-  """This step's key: the same on resume, whatever the device count."""
-  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-
 def mse(a: jax.Array, b: jax.Array) -> jax.Array:
   """Mean squared error over every pixel (the paper's |G_T(z) - G_S(z)|^2, mean-reduced)."""
   return jnp.mean(jnp.square(a - b))
-
-
-def eval_latents(index: jax.Array, nz: int) -> jax.Array:
-  """One latent per evaluation example, a function of its index only."""
-  base = jax.random.key(EVAL_LATENT_SEED)
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), (nz,)))(index)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -100,15 +87,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      "gradient penalty is per example); use 'layer', 'instance' or 'none'")
 
 
-def load_teacher_run(workdir: str, config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, int]:
-  """The teacher run's config, checked against this run (one line naming what differs), and its
-  latest checkpoint step. Reads no arrays."""
-  stored = ml_collections.ConfigDict(checkpointing.read_config(workdir))
+def check_teacher_run(workdir: str, stored: ml_collections.ConfigDict,
+                      config: ml_collections.ConfigDict) -> None:
+  """The teacher run's config `stored` checked against this run (one line naming what differs)."""
   where = f"teacher.workdir {workdir}"
   if stored.get("method") != METHOD_NAME or stored.get("mode") != "teacher":
     kind = f"'{stored.get('method')}' run" + (f" in mode '{stored.get('mode')}'" if "mode" in stored else "")
     raise ValueError(f"{where} holds a {kind}, not an aguinaldo teacher run (mode 'teacher')")
-  ours, theirs = unconditional.image_shape(config.data), unconditional.image_shape(stored.data)
+  ours, theirs = runs.example_batch(config.data)["image"].shape[1:], runs.example_batch(
+      stored.data)["image"].shape[1:]
   checks = [
       ("architecture", stored.family, config.family),
       ("latent size nz", stored.nz, config.nz),
@@ -121,32 +108,29 @@ def load_teacher_run(workdir: str, config: ml_collections.ConfigDict) -> tuple[m
     if there != here:
       raise ValueError(f"{where} holds a teacher of another {what} ({there} there, {here} in "
                        "this run)")
-  step = checkpointing.latest_step(workdir)
-  if step is None:
-    raise ValueError(f"{where} has no committed checkpoint (is its training finished?)")
-  return stored, step
 
 
 class Aguinaldo(Method):
   """The four modes of the module docstring behind the loop's Method contract."""
 
   def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
     check_config(config)
-    self.config = config
     self.mode = config.mode
     self.loss_cfg = config.loss
-    self.image_shape = unconditional.image_shape(config.data)
+    self.image_shape = tuple(runs.example_batch(config.data)["image"].shape[1:])
     models.check_latent_image_size(config.family, self.image_shape[0])
     size, channels = self.image_shape[0], self.image_shape[2]
 
-    self.teacher_vars = None
     self.teacher_steps = 0
     teacher_d = config.teacher.d
     uses_teacher = self.mode in ("mse", "joint")
-    if uses_teacher and config.teacher.workdir:
-      stored, _ = load_teacher_run(config.teacher.workdir, config)
+    self.teacher_source = runs.TeacherSource.from_config(config.teacher) if uses_teacher else None
+    if self.teacher_source and self.teacher_source.workdir:
+      stored = self.teacher_source.run_config()
+      check_teacher_run(self.teacher_source.workdir, stored, config)
       teacher_d = stored.teacher.d
-    elif uses_teacher:
+    elif uses_teacher and not self.teacher_source:
       self.teacher_steps = int(config.teacher.num_train_steps)
       if self.teacher_steps <= 0 or self.teacher_steps >= config.num_train_steps:
         raise ValueError(
@@ -167,23 +151,23 @@ class Aguinaldo(Method):
     self.discriminator = models.build_image_discriminator(
         config.family, d=disc_d, image_size=size, norm=config.discriminator.norm)
     self.adversarial = self.mode in ("teacher", "joint", "scratch")
-    self.optimizer = adam_with_global_schedule(config.optimizer.b1, config.optimizer.b2)
+    # Constant learning rate (WGAN-GP's and DCGAN's recipes).
+    self.optimizer = common.adam(config.optimizer.b1, config.optimizer.b2,
+                                 common.constant(config.optimizer.lr))
 
-    if uses_teacher and config.teacher.workdir:
-      self.teacher_vars = self._restore_teacher(config.teacher.workdir, stored)
-
-    names = {"teacher": ("teacher", "discriminator")}
-    self.roles = names.get(self.mode, ("teacher", "student", "discriminator") if uses_teacher
-                           else ("student", "discriminator"))
-    self._notes = [f"aguinaldo mode '{self.mode}': generator d={trained_d}"
-                   + (f", teacher d={teacher_d}" if uses_teacher else "")
-                   + (f", critic d={disc_d} ({config.loss.gan})" if self.adversarial else "")]
+    self.generator_roles = {"teacher": ("teacher",), "scratch": ("student",)}.get(
+        self.mode, ("teacher", "student"))
+    self.roles = (*self.generator_roles, "discriminator")
+    self._notes = [Note(f"aguinaldo mode '{self.mode}': generator d={trained_d}"
+                        + (f", teacher d={teacher_d}" if uses_teacher else "")
+                        + (f", critic d={disc_d} ({config.loss.gan})" if self.adversarial else ""))]
     if uses_teacher:
-      self._notes.append(f"teacher from {config.teacher.workdir}" if config.teacher.workdir else
-                         f"teacher trained first in this run ({self.teacher_steps} steps)")
+      self._notes.append(Note(
+          f"teacher from {self.teacher_source.describe()}" if self.teacher_source else
+          f"teacher trained first in this run ({self.teacher_steps} steps)"))
 
   # ----------------------------------------------------------------------------- bookkeeping
-  def notes(self) -> list[str]:
+  def notes(self) -> list[Note]:
     return list(self._notes)
 
   def active_losses(self) -> dict[str, float]:
@@ -209,23 +193,26 @@ class Aguinaldo(Method):
       return stage, True
     return stage, local % self.loss_cfg.n_critic == self.loss_cfg.n_critic - 1
 
-  def frozen_variables(self) -> Any:
-    return {"teacher": self.teacher_vars} if self.teacher_vars is not None else {}
+  def load_frozen(self) -> Any:
+    """The frozen teacher's variables (none when the teacher trains in this run)."""
+    if self.teacher_source is None:
+      return {}
+    z = jax.ShapeDtypeStruct((1, self.config.nz), jnp.float32)
+    expected = jax.eval_shape(lambda: common.init_net(
+        self.teacher_generator, jax.random.key(0), self.optimizer, z).variables())
+    return {"teacher": self.teacher_source.load(expected)}
 
   # ----------------------------------------------------------------------------- state
-  def _net_state(self, variables) -> NetState:
-    params = variables["params"]
-    return NetState(params, variables.get("batch_stats", {}), self.optimizer.init(params))
-
   def _init_pair(self, generator, key, example_image):
     g_key, d_key = jax.random.split(key)
     z = jnp.zeros((1, self.config.nz), jnp.float32)
-    g = self._net_state(init_variables(generator, g_key, z, train=False))
-    d = self._net_state(init_variables(self.discriminator, d_key, example_image, train=False))
+    g = common.init_net(generator, g_key, self.optimizer, z)
+    d = common.init_net(self.discriminator, d_key, self.optimizer, example_image)
     return g, d
 
-  def init_state(self, rng: jax.Array, batch) -> AguinaldoState:
+  def init_state(self, rng: jax.Array, batch, frozen) -> AguinaldoState:
     """DCGAN's N(0, 0.02) init (models/init.py) for every network."""
+    del frozen  # The student starts from scratch, not from its teacher's weights.
     keys = jax.random.split(rng, 3)
     image = batch["image"][:1]
     generator, discriminator = self._init_pair(self.generator, keys[1], image)
@@ -237,27 +224,14 @@ class Aguinaldo(Method):
         discriminator=discriminator if self.adversarial else None, teacher=teacher,
         teacher_discriminator=teacher_d)
 
-  def _restore_teacher(self, workdir: str, stored: ml_collections.ConfigDict):
-    """The generator variables of the teacher run's latest checkpoint (read only)."""
-    teacher_method = Aguinaldo(stored)
-    example = {"image": jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)}
-    abstract = jax.eval_shape(teacher_method.init_state, jax.random.key(0), example)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
-    _, state = checkpointing.restore_latest(workdir, abstract)
-    return state.generator.variables()
-
   # ----------------------------------------------------------------------------- pieces
   def _generate_train(self, module, net: NetState, z):
     """Train-mode forward (BatchNorm on batch statistics); returns (images, new batch_stats)."""
-    images, updated = module.apply(net.variables(), z, train=True, mutable=["batch_stats"])
-    return images, updated.get("batch_stats", {})
+    return common.run_train_mode(module, net.variables(), z)
 
   def _critic(self, params, batch_stats, images):
-    logits, updated = self.discriminator.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"])
-    return logits, updated.get("batch_stats", {})
+    return common.run_train_mode(self.discriminator,
+                                 {"params": params, "batch_stats": batch_stats}, images)
 
   def _critic_loss(self, d_params, d_stats, real, fake, rng):
     """The critic's loss on one real and one fake batch (+ gradient penalty for WGAN-GP)."""
@@ -284,7 +258,7 @@ class Aguinaldo(Method):
       return gan.wasserstein_generator_loss(fake_logits)
     return gan.generator_loss(self.loss_cfg.gan, fake_logits)
 
-  def _adversarial_update(self, module, g: NetState, d: NetState, real, rng, lr, update_generator,
+  def _adversarial_update(self, module, g: NetState, d: NetState, real, rng, step, update_generator,
                           alpha=1.0, teacher_vars=None, prefix=""):
     """One critic update on (real, G(z)); with `update_generator`, then one generator update
     against the updated critic: alpha * adversarial + (1 - alpha) * MSE to the teacher."""
@@ -293,7 +267,7 @@ class Aguinaldo(Method):
     fake, g_stats = self._generate_train(module, g, jax.random.normal(z_key, (batch, nz)))
     (d_loss, (d_metrics, d_stats)), d_grads = jax.value_and_grad(self._critic_loss, has_aux=True)(
         d.params, d.batch_stats, real, jax.lax.stop_gradient(fake), gp_key)
-    d = apply_update(d, d_grads, d_stats, self.optimizer, lr)
+    d = d.apply_gradients(d_grads, d_stats, step=step)
     metrics = {f"{prefix}critic/total": d_loss, **{f"{prefix}critic/{k}": v for k, v in d_metrics.items()}}
     g = g.replace(batch_stats=g_stats)
     if not update_generator:
@@ -316,12 +290,12 @@ class Aguinaldo(Method):
       return total, (terms, stats)
 
     (g_loss, (terms, stats)), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(g.params)
-    g = apply_update(g, g_grads, stats, self.optimizer, lr)
+    g = g.apply_gradients(g_grads, stats, step=step)
     name = "teacher" if prefix or self.mode == "teacher" else "student"
     metrics.update({f"{name}/total": g_loss, **{f"{name}/{k}": v for k, v in terms.items()}})
     return g, d, metrics
 
-  def _mse_update(self, g: NetState, teacher_vars, rng, batch_size, lr):
+  def _mse_update(self, g: NetState, teacher_vars, rng, batch_size, step):
     """min_S E_z |G_T(z) - G_S(z)|^2 on a fresh z (no data, no critic)."""
     z = jax.random.normal(rng, (batch_size, self.config.nz))
     target = jax.lax.stop_gradient(self.teacher_generator.apply(teacher_vars, z, train=False))
@@ -331,8 +305,8 @@ class Aguinaldo(Method):
       return mse(images, target), stats
 
     (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(g.params)
-    return apply_update(g, grads, stats, self.optimizer, lr), {"student/mse": value,
-                                                               "student/total": value}
+    return g.apply_gradients(grads, stats, step=step), {"student/mse": value,
+                                                        "student/total": value}
 
   # ----------------------------------------------------------------------------- the step
   def _teacher_variables(self, state: AguinaldoState, frozen):
@@ -345,68 +319,52 @@ class Aguinaldo(Method):
   def train_step(self, state: AguinaldoState, batch, frozen, phase):
     stage, update_generator = phase
     real = batch["image"]
-    lr = jnp.asarray(self.config.optimizer.lr, jnp.float32)
-    rng = step_rng(state)
+    step = state.step
+    rng = common.step_rng(state)
     if stage == TEACHER_STAGE:
       teacher, teacher_d, metrics = self._adversarial_update(
-          self.teacher_generator, state.teacher, state.teacher_discriminator, real, rng, lr,
+          self.teacher_generator, state.teacher, state.teacher_discriminator, real, rng, step,
           update_generator, prefix="teacher_")
       return state.replace(step=state.step + 1, teacher=teacher, teacher_discriminator=teacher_d), metrics
 
     teacher_vars = self._teacher_variables(state, frozen)
     if self.mode == "mse":
-      generator, metrics = self._mse_update(state.generator, teacher_vars, rng, real.shape[0], lr)
+      generator, metrics = self._mse_update(state.generator, teacher_vars, rng, real.shape[0], step)
       return state.replace(step=state.step + 1, generator=generator), metrics
     alpha = self.loss_cfg.alpha if self.mode == "joint" else 1.0
     generator, discriminator, metrics = self._adversarial_update(
-        self.generator, state.generator, state.discriminator, real, rng, lr, update_generator,
+        self.generator, state.generator, state.discriminator, real, rng, step, update_generator,
         alpha=alpha, teacher_vars=teacher_vars if self.mode == "joint" else None)
     return state.replace(step=state.step + 1, generator=generator,
                          discriminator=discriminator), metrics
 
   # ----------------------------------------------------------------------------- inference
-  def generator_variables(self, state: AguinaldoState, frozen=None) -> dict[str, Any]:
-    """Inference variables of every generator role present (`frozen` None: the teacher read at
-    construction, outside jit)."""
+  def _generators(self, state: AguinaldoState, frozen) -> dict[str, tuple[nn.Module, Any]]:
+    """(module, inference variables) of every generator role present."""
     if self.mode == "teacher":
-      return {"teacher": state.generator.variables()}
-    out = {"student": state.generator.variables()}
-    teacher = self._teacher_variables(state, self.frozen_variables() if frozen is None else frozen)
+      return {"teacher": (self.generator, state.generator.variables())}
+    out = {"student": (self.generator, state.generator.variables())}
+    teacher = self._teacher_variables(state, frozen)
     if teacher is not None:
-      out["teacher"] = teacher
+      out["teacher"] = (self.teacher_generator, teacher)
     return out
 
-  def generator_modules(self) -> dict[str, nn.Module]:
-    if self.mode == "teacher":
-      return {"teacher": self.generator}
-    out = {"student": self.generator}
-    if self.teacher_generator is not None:
-      out["teacher"] = self.teacher_generator
-    return out
+  def generate(self, state: AguinaldoState, batch, frozen):
+    z = common.eval_latents(batch["index"], self.config.nz)
+    return {role: common.apply_eval(module, variables, z)
+            for role, (module, variables) in self._generators(state, frozen).items()}
 
-  def generate_from_latents(self, state: AguinaldoState, z: jax.Array, frozen=None
-                            ) -> dict[str, jax.Array]:
-    modules = self.generator_modules()
-    return {role: modules[role].apply(variables, z, train=False)
-            for role, variables in self.generator_variables(state, frozen).items()}
-
-  def generate(self, state: AguinaldoState, batch, frozen=None):
-    return self.generate_from_latents(state, eval_latents(batch["index"], self.config.nz), frozen)
+  def real_images(self, batch):
+    return batch["image"]
 
   def sample_columns(self, batch, outputs):
     """Real images (unrelated to the row's latent, for reference) | teacher(z) | student(z)."""
     return [batch["image"], *super().sample_columns(batch, outputs)]
 
-  def networks(self, state: AguinaldoState) -> dict[str, Network]:
-    modules = self.generator_modules()
-    nets = {role: Network(functools.partial(_apply_eval, modules[role]), variables,
-                          (self.config.nz,))
-            for role, variables in self.generator_variables(state).items()}
+  def networks(self, state: AguinaldoState, frozen=None) -> dict[str, Network]:
+    nets = {role: common.inference_network(module, variables, (self.config.nz,))
+            for role, (module, variables) in self._generators(state, frozen or {}).items()}
     if state.discriminator is not None:
-      nets["discriminator"] = Network(functools.partial(_apply_eval, self.discriminator),
-                                      state.discriminator.variables(), self.image_shape)
+      nets["discriminator"] = common.inference_network(
+          self.discriminator, state.discriminator.variables(), self.image_shape)
     return nets
-
-
-def _apply_eval(module: nn.Module, variables, x):
-  return module.apply(variables, x, train=False)

@@ -14,9 +14,7 @@ One fused step, as in the reference `MultiTeacherDistiller.optimize_parameters`:
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any
 
 import flax
 import flax.linen as nn
@@ -25,14 +23,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from gankd_jax import models
-from gankd_jax.losses import distill, gan, image, perceptual
-from gankd_jax.methods.base import (Method, NetState, Network, adam_with_global_schedule,
-                                    apply_update, linear_decay_schedule)
+from gankd_jax.losses import distill, gan, image
+from gankd_jax.methods import common
+from gankd_jax.methods.base import WARNING, Method, NetState, Network, Note
 from gankd_jax.models import vgg
-from gankd_jax.models.init import init_variables
+from gankd_jax.weights import download
 
 TEACHER_ROLES = ("teacher_wide", "teacher_deep")
-VGG_FILENAME = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet VGG16 weights.
 
 
 @flax.struct.dataclass
@@ -56,23 +53,13 @@ class Connectors(nn.Module):
 
 
 def find_vgg_weights(configured: str) -> str | None:
-  """The VGG16 weights file: the configured path, else torchvision's or our cache, else None."""
+  """The VGG16 weights file: the configured path, else the cache (weights/download.py), else None.
+  Never downloads: a default run behaves the same with and without a network."""
   if configured:
     if not os.path.isfile(configured):
       raise ValueError(f"vgg.weights: no such file: {configured}")
     return configured
-  cache_dirs = [os.environ.get("GANKD_CACHE", os.path.expanduser("~/.cache/gankd_jax")),
-                os.path.expanduser("~/.cache/torch/hub/checkpoints")]
-  for directory in cache_dirs:
-    candidate = os.path.join(directory, VGG_FILENAME)
-    if os.path.isfile(candidate):
-      return candidate
-  return None
-
-
-def step_rng(state: OMGDState) -> jax.Array:
-  """This step's key: the same on resume, whatever the device count."""
-  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  return download.find_cached(download.VGG16)
 
 
 def generator_fields(generator_config: ml_collections.ConfigDict, image_size: int, role: str) -> dict:
@@ -89,17 +76,20 @@ def generator_fields(generator_config: ml_collections.ConfigDict, image_size: in
 
 class OMGD(Method):
   roles = ("teacher_wide", "teacher_deep", "student", "discriminator")
+  generator_roles = (*TEACHER_ROLES, "student")
+  # The schedule's shape may be pinned or moved when a run resumes (README: "Resuming").
+  resumable_fields = frozenset({"optimizer.constant_steps", "optimizer.decay_steps"})
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
+    super().__init__(config)
     self.loss_cfg = config.loss
     if config.n_dis <= 0:
       raise ValueError(f"n_dis must be >= 1, got {config.n_dis}")
     if config.loss.gan_mode not in gan.GAN_KINDS:
       raise ValueError(f"loss.gan_mode: unknown '{config.loss.gan_mode}'; choose from {', '.join(gan.GAN_KINDS)}")
-    size = config.data.crop_size
+    self.image_size = size = config.data.crop_size
     self.generators = {}
-    for role in (*TEACHER_ROLES, "student"):
+    for role in self.generator_roles:
       fields = generator_fields(config[role], size, role)
       models.check_image_size(fields["name"], size, **{k: v for k, v in fields.items() if k != "name"})
       self.generators[role] = models.build_generator(**fields)
@@ -113,32 +103,29 @@ class OMGD(Method):
                          f"({config.teacher_wide.name} vs {config.student.name})")
       self.connectors = Connectors(tuple(teacher_channels))
 
-    self._notes = []
-    self.vgg_params = None
     wants_vgg = config.loss.lambda_style > 0 or config.loss.lambda_feature > 0
-    vgg_path = find_vgg_weights(config.vgg.weights) if wants_vgg else None
-    if vgg_path:
-      self.vgg_params = vgg.load_vgg16(vgg_path)
-      self._notes.append(f"VGG16 perceptual losses on, weights from {vgg_path}")
+    self.vgg_path = find_vgg_weights(config.vgg.weights) if wants_vgg else None
+    if self.vgg_path:
+      self._notes = [Note(f"VGG16 perceptual losses on, weights from {self.vgg_path}")]
     elif wants_vgg:
-      self._notes.append(
-          f"VGG16 weights not found (set --config.vgg.weights=/path/{VGG_FILENAME} or put the file in "
-          "~/.cache/gankd_jax/): the style and feature loss terms are off")
+      self._notes = [Note(
+          f"VGG16 weights not found (set --config.vgg.weights=/path/{download.VGG16.filename} or "
+          f"put the file in {download.cache_dir()}/): the style and feature loss terms are off",
+          WARNING)]
+    else:
+      self._notes = []
     self.vgg = vgg.VGG16Features(input_normalization=config.vgg.input_normalization)
 
-    steps = config.num_train_steps
-    constant = config.optimizer.constant_steps if config.optimizer.constant_steps >= 0 else steps // 2
-    decay = config.optimizer.decay_steps if config.optimizer.decay_steps >= 0 else steps - constant
-    self.learning_rate = linear_decay_schedule(config.optimizer.lr, constant, decay)
-    self.optimizer = adam_with_global_schedule(config.optimizer.b1, config.optimizer.b2)
+    self.learning_rate = common.linear_decay(config.optimizer, config.num_train_steps)
+    self.optimizer = common.adam(config.optimizer.b1, config.optimizer.b2, self.learning_rate)
 
   # ----------------------------------------------------------------------------- bookkeeping
-  def notes(self) -> list[str]:
+  def notes(self) -> list[Note]:
     return list(self._notes)
 
   def active_losses(self) -> dict[str, float]:
     weights = {k: float(v) for k, v in self.loss_cfg.items() if k.startswith("lambda_")}
-    if self.vgg_params is None:  # Off for want of weights (or set to 0).
+    if self.vgg_path is None:  # Off for want of weights (or set to 0).
       weights.pop("lambda_style")
       weights.pop("lambda_feature")
     return {k[len("lambda_"):]: v for k, v in weights.items() if v != 0}
@@ -147,52 +134,44 @@ class OMGD(Method):
     """True on steps that also update the discriminator and the teachers."""
     return step % self.config.n_dis == 0
 
-  def frozen_variables(self) -> Any:
-    return {"vgg": self.vgg_params} if self.vgg_params is not None else {}
+  def load_frozen(self):
+    return {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
 
   # ----------------------------------------------------------------------------- state
-  def _net_state(self, variables) -> NetState:
-    params = variables["params"]
-    return NetState(params, variables.get("batch_stats", {}), self.optimizer.init(params))
-
-  def init_state(self, rng: jax.Array, batch) -> OMGDState:
+  def init_state(self, rng: jax.Array, batch, frozen) -> OMGDState:
     """Every network initialised as the reference's `init_net` does (models/init.py)."""
+    del frozen  # Nothing is initialised from the VGG weights.
     x = batch["A"][:1]
     keys = dict(zip(["state", *self.roles, "connectors"], jax.random.split(rng, len(self.roles) + 2)))
-    nets = {role: init_variables(self.generators[role], keys[role], x, train=False)
-            for role in (*TEACHER_ROLES, "student")}
-    nets["discriminator"] = init_variables(self.discriminator, keys["discriminator"],
-                                           jnp.concatenate([x, x], axis=-1), train=False)
-    student = {"params": {"generator": nets["student"]["params"]},
-               "batch_stats": {"generator": nets["student"].get("batch_stats", {})}}
+    nets = {role: common.init_net(self.generators[role], keys[role], self.optimizer, x)
+            for role in TEACHER_ROLES}
+    nets["discriminator"] = common.init_net(self.discriminator, keys["discriminator"],
+                                            self.optimizer, jnp.concatenate([x, x], axis=-1))
+    student = common.init_net(self.generators["student"], keys["student"], self.optimizer, x)
+    params, batch_stats = {"generator": student.params}, {"generator": student.batch_stats}
     if self.use_cd:
       feats = jax.eval_shape(lambda: self.generators["student"].apply(
-          nets["student"], x, train=False, return_features=True)[1])
-      connectors = init_variables(self.connectors, keys["connectors"], feats, train=False)
-      student["params"]["connectors"] = connectors["params"]
-      student["batch_stats"]["connectors"] = connectors.get("batch_stats", {})
-    return OMGDState(
-        step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(keys["state"]),
-        teacher_wide=self._net_state(nets["teacher_wide"]),
-        teacher_deep=self._net_state(nets["teacher_deep"]),
-        student=self._net_state(student),
-        discriminator=self._net_state(nets["discriminator"]))
+          student.variables(), x, train=False, return_features=True)[1])
+      connectors = common.init_net(self.connectors, keys["connectors"], self.optimizer, feats)
+      params["connectors"] = connectors.params
+      batch_stats["connectors"] = connectors.batch_stats
+    nets["student"] = NetState.create({"params": params, "batch_stats": batch_stats},
+                                      self.optimizer)
+    return OMGDState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(keys["state"]), **nets)
 
   # ----------------------------------------------------------------------------- forwards
   def _run_generator(self, role, params, batch_stats, x, rng, *, features=False):
     """Train-mode forward; returns (output, features or None, new batch_stats)."""
     dropout_rng = jax.random.fold_in(rng, self.roles.index(role))
-    out, updated = self.generators[role].apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True,
-        return_features=features, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    out, stats = common.run_train_mode(
+        self.generators[role], {"params": params, "batch_stats": batch_stats}, x,
+        return_features=features, rngs={"dropout": dropout_rng})
     y, feats = out if features else (out, None)
-    return y, feats, updated.get("batch_stats", {})
+    return y, feats, stats
 
   def _run_discriminator(self, params, batch_stats, pair, branches):
-    logits, updated = self.discriminator.apply(
-        {"params": params, "batch_stats": batch_stats}, pair, train=True, branches=branches,
-        mutable=["batch_stats"])
-    return logits, updated.get("batch_stats", {})
+    return common.run_train_mode(self.discriminator, {"params": params, "batch_stats": batch_stats},
+                                 pair, branches=branches)
 
   # ----------------------------------------------------------------------------- losses
   def _teacher_losses(self, fake_logits, fakes, y):
@@ -216,15 +195,10 @@ class OMGD(Method):
       metrics[f"discriminator/{role}"] = loss
     return total, metrics
 
-  def _adversarial_gradients(self, state: OMGDState, x, y):
-    """Teacher and discriminator gradients from ONE forward of each network.
-
-    The reference forwards D on each fake pair twice (for the teachers' loss and for D's own)
-    and on the real pair once per branch; those forwards are identical, so here each runs once
-    and two backward passes (jax.vjp) take the two losses' gradients from it.
-    """
+  def _adversarial_gradients(self, state: OMGDState, x, y) -> common.AdversarialGradients:
+    """Both teachers' and the partially shared D's gradients from one forward of each."""
     d = state.discriminator
-    rng = step_rng(state)
+    rng = common.step_rng(state)
 
     def teachers_forward(params):
       fakes, aux = {}, {}
@@ -242,29 +216,14 @@ class OMGD(Method):
             d_params, stats, jnp.concatenate([x, fakes[role]], -1), (branch,))
       return logits, stats
 
-    teacher_params = {role: getattr(state, role).params for role in TEACHER_ROLES}
-    fakes, teachers_vjp, teacher_aux = jax.vjp(teachers_forward, teacher_params, has_aux=True)
-    fake_logits, fakes_vjp, _ = jax.vjp(discriminate_fakes, d.params, fakes, has_aux=True)
-    real_logits, real_vjp, d_stats = jax.vjp(
-        lambda p: self._run_discriminator(p, d.batch_stats, jnp.concatenate([x, y], -1),
-                                          tuple(range(len(TEACHER_ROLES)))),
-        d.params, has_aux=True)
+    def discriminate_reals(d_params):
+      return self._run_discriminator(d_params, d.batch_stats, jnp.concatenate([x, y], -1),
+                                     tuple(range(len(TEACHER_ROLES))))
 
-    (teacher_total, teacher_metrics), (dt_dlogits, dt_dfakes) = jax.value_and_grad(
-        self._teacher_losses, argnums=(0, 1), has_aux=True)(fake_logits, fakes, y)
-    (d_total, d_metrics), (dd_dreal, dd_dfake) = jax.value_and_grad(
-        self._discriminator_losses, argnums=(0, 1), has_aux=True)(real_logits, fake_logits)
-
-    d_grads_fake, _ = fakes_vjp(dd_dfake)  # D sees the fakes as constants (`.detach()`).
-    (d_grads_real,) = real_vjp(dd_dreal)
-    d_grads = jax.tree_util.tree_map(jnp.add, d_grads_fake, d_grads_real)
-    _, adversarial_dfakes = fakes_vjp(dt_dlogits)  # Through the fixed D into the images.
-    (teacher_grads,) = teachers_vjp(jax.tree_util.tree_map(jnp.add, dt_dfakes, adversarial_dfakes))
-
-    metrics = {**teacher_metrics, **d_metrics, "teachers/total": teacher_total,
-               "discriminator/total": d_total}
-    outputs = {role: (fakes[role], *teacher_aux[role]) for role in TEACHER_ROLES}
-    return outputs, teacher_grads, (d_grads, d_stats), metrics
+    return common.adversarial_gradients(
+        teachers_forward, {role: getattr(state, role).params for role in TEACHER_ROLES},
+        discriminate_fakes, discriminate_reals, d.params,
+        lambda logits, fakes: self._teacher_losses(logits, fakes, y), self._discriminator_losses)
 
   def _student_loss(self, student_params, student_stats, x, targets, wide_feats, frozen, rng):
     """KD from both teacher outputs (no D, no ground truth) + channel distillation."""
@@ -273,52 +232,43 @@ class OMGD(Method):
         "student", student_params["generator"], student_stats["generator"], x, rng,
         features=self.use_cd)
     new_stats = {"generator": gen_stats}
-    use_vgg = "vgg" in frozen
-    if use_vgg:
-      student_vgg = self.vgg.apply({"params": frozen["vgg"]}, fake)
-    terms = {"ssim": 0.0, "style": 0.0, "feature": 0.0, "tv": 0.0}
-    if cfg.lambda_pixel:
-      terms["pixel"] = 0.0
-    for target in targets:
-      terms["ssim"] += cfg.lambda_ssim * (1.0 - image.ssim(fake, target))
-      if cfg.lambda_pixel:  # Not in OMGD (see configs/omgd.py); 0 in the paper's setups.
-        terms["pixel"] += cfg.lambda_pixel * jnp.mean(jnp.abs(fake - target))
-      if use_vgg:
-        target_vgg = self.vgg.apply({"params": frozen["vgg"]}, target)
-        terms["style"] += cfg.lambda_style * perceptual.style_loss(student_vgg, target_vgg)
-        terms["feature"] += cfg.lambda_feature * perceptual.feature_loss(student_vgg, target_vgg)
-      # The reference adds the TV term once per teacher.
-      terms["tv"] += cfg.lambda_tv * image.total_variation(fake)
+    features = None
+    if "vgg" in frozen:
+      features = lambda images: self.vgg.apply({"params": frozen["vgg"]}, images)  # noqa: E731
+    terms = common.output_distillation_terms(fake, targets, cfg, features)
     if self.use_cd:
-      mapped, connector_vars = self.connectors.apply(
+      mapped, new_stats["connectors"] = common.run_train_mode(
+          self.connectors,
           {"params": student_params["connectors"], "batch_stats": student_stats["connectors"]},
-          feats, train=True, mutable=["batch_stats"])
-      new_stats["connectors"] = connector_vars.get("batch_stats", {})
+          feats)
       terms["cd"] = cfg.lambda_cd * distill.channel_distillation_loss(mapped, wide_feats)
     total = sum(terms.values())
-    metrics = {f"student/{k}": v for k, v in terms.items() if k in ("ssim", "cd", "tv", "pixel") or use_vgg}
-    return total, (metrics, new_stats, fake)
+    return total, ({f"student/{k}": v for k, v in terms.items()}, new_stats, fake)
 
   # ----------------------------------------------------------------------------- the step
   def train_step(self, state: OMGDState, batch, frozen, phase: bool):
     x, y = batch["A"], batch["B"]
-    lr = self.learning_rate(state.step)
-    metrics = {"learning_rate": lr}
+    step = state.step
+    metrics = {"learning_rate": self.learning_rate(step)}
     update_teachers = phase
 
     if update_teachers:
-      outputs, teacher_grads, (d_grads, d_stats), adversarial_metrics = self._adversarial_gradients(
-          state, x, y)
-      metrics.update(adversarial_metrics)
-      new_teachers = {role: apply_update(getattr(state, role), teacher_grads[role],
-                                         outputs[role][2], self.optimizer, lr)
+      adversarial = self._adversarial_gradients(state, x, y)
+      metrics.update(adversarial.metrics)
+      metrics["teachers/total"] = metrics.pop("generators/total")
+      outputs = {role: (adversarial.fakes[role], *adversarial.generator_aux[role])
+                 for role in TEACHER_ROLES}
+      new_teachers = {role: getattr(state, role).apply_gradients(
+                          adversarial.generator_grads[role], outputs[role][2], step=step)
                       for role in TEACHER_ROLES}
-      new_discriminator = apply_update(state.discriminator, d_grads, d_stats, self.optimizer, lr)
+      new_discriminator = state.discriminator.apply_gradients(
+          adversarial.discriminator_grads, adversarial.discriminator_stats, step=step)
     else:
       outputs = {}
       for role in TEACHER_ROLES:
         net = getattr(state, role)
-        outputs[role] = self._run_generator(role, net.params, net.batch_stats, x, step_rng(state),
+        outputs[role] = self._run_generator(role, net.params, net.batch_stats, x,
+                                            common.step_rng(state),
                                             features=self.use_cd and role == "teacher_wide")
       new_teachers = {role: getattr(state, role).replace(batch_stats=outputs[role][2])
                       for role in TEACHER_ROLES}
@@ -329,11 +279,11 @@ class OMGD(Method):
     (student_total, (student_metrics, student_stats, _)), student_grads = jax.value_and_grad(
         self._student_loss, has_aux=True)(
             state.student.params, state.student.batch_stats, x, targets, wide_feats, frozen,
-            step_rng(state))
+            common.step_rng(state))
     metrics.update(student_metrics, **{"student/total": student_total})
-    new_student = apply_update(state.student, student_grads, student_stats, self.optimizer, lr)
+    new_student = state.student.apply_gradients(student_grads, student_stats, step=step)
 
-    new_state = OMGDState(step=state.step + 1, rng=state.rng, student=new_student,
+    new_state = OMGDState(step=step + 1, rng=state.rng, student=new_student,
                           discriminator=new_discriminator, **new_teachers)
     return new_state, metrics
 
@@ -344,26 +294,29 @@ class OMGD(Method):
       return {"params": net.params["generator"], "batch_stats": net.batch_stats["generator"]}
     return net.variables()
 
-  def generate(self, state: OMGDState, batch, frozen=None):
-    return {role: self.generators[role].apply(self._inference_variables(state, role), batch["A"],
-                                              train=False)
-            for role in (*TEACHER_ROLES, "student")}
+  def generate(self, state: OMGDState, batch, frozen):
+    return {role: common.apply_eval(self.generators[role], self._inference_variables(state, role),
+                                    batch["A"])
+            for role in self.generator_roles}
+
+  def real_images(self, batch):
+    return batch["B"]
+
+  def paired_targets(self, batch, outputs):
+    """Every generator against the ground truth; the student also against each teacher."""
+    targets = {role: {"target": batch["B"]} for role in self.generator_roles}
+    targets["student"].update({role: outputs[role] for role in TEACHER_ROLES})
+    return targets
 
   def sample_columns(self, batch, outputs):
     """Input | teachers | student | target."""
     return [batch["A"], *super().sample_columns(batch, outputs), batch["B"]]
 
-  def networks(self, state: OMGDState) -> dict[str, Network]:
-    size = self.config.data.crop_size
-    nets = {}
-    for role in (*TEACHER_ROLES, "student"):
-      module = self.generators[role]
-      nets[role] = Network(functools.partial(_apply_eval, module),
-                           self._inference_variables(state, role), (size, size, 3))
-    nets["discriminator"] = Network(functools.partial(_apply_eval, self.discriminator),
-                                    state.discriminator.variables(), (size, size, 6))
+  def networks(self, state: OMGDState, frozen=None) -> dict[str, Network]:
+    size = self.image_size
+    nets = {role: common.inference_network(self.generators[role],
+                                           self._inference_variables(state, role), (size, size, 3))
+            for role in self.generator_roles}
+    nets["discriminator"] = common.inference_network(
+        self.discriminator, state.discriminator.variables(), (size, size, 6))
     return nets
-
-
-def _apply_eval(module: nn.Module, variables, x):
-  return module.apply(variables, x, train=False)

@@ -18,18 +18,18 @@ import numpy as np
 def measure_latency(apply_fn: Callable[[Any, jax.Array], Any], variables: Any,
                     input_shape: tuple[int, ...], *, warmup: int = 3, iters: int = 20,
                     device=None) -> dict[str, float]:
-    """{"median_ms", "min_ms", "iters"} of one batch-1 call of `apply_fn`."""
-    device = device or jax.devices()[0]
-    variables = jax.device_put(variables, device)
-    x = jax.device_put(jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, *input_shape)),
-                                   jnp.float32), device)
-    fn = jax.jit(apply_fn)
-    for _ in range(max(warmup, 1)):
-        jax.block_until_ready(fn(variables, x))
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(variables, x))
-        times.append(time.perf_counter() - start)
-    return {"median_ms": float(np.median(times) * 1e3), "min_ms": float(np.min(times) * 1e3),
-            "iters": iters}
+  """{"median_ms", "min_ms", "iters"} of one batch-1 call of `apply_fn`."""
+  device = device or jax.devices()[0]
+  variables = jax.device_put(variables, device)
+  x = jax.device_put(jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, *input_shape)),
+                                 jnp.float32), device)
+  fn = jax.jit(apply_fn)
+  for _ in range(max(warmup, 1)):
+    jax.block_until_ready(fn(variables, x))
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(variables, x))
+    times.append(time.perf_counter() - start)
+  return {"median_ms": float(np.median(times) * 1e3), "min_ms": float(np.min(times) * 1e3),
+          "iters": iters}

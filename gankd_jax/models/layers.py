@@ -29,25 +29,25 @@ NORM_TYPES = ("batch", "instance")
 
 
 def bn_scale_init(key, shape, dtype=jnp.float32):
-    """BatchNorm scale ~ N(1, 0.02), as pix2pix ``init_weights('normal', 0.02)``."""
-    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+  """BatchNorm scale ~ N(1, 0.02), as pix2pix ``init_weights('normal', 0.02)``."""
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
 def check_norm(norm: str) -> str:
-    """Validate a norm name early, with a one-line message."""
-    if norm not in NORM_TYPES:
-        raise ValueError(f"unknown norm '{norm}'; choose from {', '.join(NORM_TYPES)}")
-    return norm
+  """Validate a norm name early, with a one-line message."""
+  if norm not in NORM_TYPES:
+    raise ValueError(f"unknown norm '{norm}'; choose from {', '.join(NORM_TYPES)}")
+  return norm
 
 
 def conv_bias_for(norm: str) -> bool:
-    """The reference puts biases on convs only when the norm has no affine shift (instance)."""
-    return check_norm(norm) == "instance"
+  """The reference puts biases on convs only when the norm has no affine shift (instance)."""
+  return check_norm(norm) == "instance"
 
 
 def leaky_relu(x):
-    """LeakyReLU(0.2) used by the U-Net encoder and the PatchGAN."""
-    return nn.leaky_relu(x, negative_slope=0.2)
+  """LeakyReLU(0.2) used by the U-Net encoder and the PatchGAN."""
+  return nn.leaky_relu(x, negative_slope=0.2)
 
 
 # Normalisation statistics and their gradients are sums over many rows. XLA:CPU lowers such
@@ -61,98 +61,98 @@ MATMUL_SUM_MIN_ROWS = 1024
 
 
 def _row_sums(v):
-    """(G, M, C) -> (G, C): sums over M, for large M as a batch of (1, M) @ (M, C) products (G
-    the batch dimension, so no operand needs a transposed copy)."""
-    if v.shape[1] < MATMUL_SUM_MIN_ROWS:
-        return jnp.sum(v, axis=1)
-    return jnp.einsum("gm,gmc->gc", jnp.ones(v.shape[:2], v.dtype), v)
+  """(G, M, C) -> (G, C): sums over M, for large M as a batch of (1, M) @ (M, C) products (G
+  the batch dimension, so no operand needs a transposed copy)."""
+  if v.shape[1] < MATMUL_SUM_MIN_ROWS:
+    return jnp.sum(v, axis=1)
+  return jnp.einsum("gm,gmc->gc", jnp.ones(v.shape[:2], v.dtype), v)
 
 
 def group_moments(v):
-    """Mean and biased variance over M of a (G, M, C) view: (G, 1, C) each."""
-    m = v.shape[1]
-    mean = _row_sums(v)[:, None] / m
-    var = jnp.maximum(_row_sums(v * v)[:, None] / m - mean * mean, 0.0)
-    return mean, var
+  """Mean and biased variance over M of a (G, M, C) view: (G, 1, C) each."""
+  m = v.shape[1]
+  mean = _row_sums(v)[:, None] / m
+  var = jnp.maximum(_row_sums(v * v)[:, None] / m - mean * mean, 0.0)
+  return mean, var
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _normalize(v, scale, bias, eps: float):
-    """scale * (v - mean) / sqrt(var + eps) + bias with statistics over M of (G, M, C)."""
-    return _normalize_fwd(v, scale, bias, eps)[0]
+  """scale * (v - mean) / sqrt(var + eps) + bias with statistics over M of (G, M, C)."""
+  return _normalize_fwd(v, scale, bias, eps)[0]
 
 
 def _normalize_fwd(v, scale, bias, eps):
-    mean, var = group_moments(v)
-    rstd = jax.lax.rsqrt(var + eps)
-    normed = (v - mean) * rstd
-    return normed * scale + bias, (normed, rstd, scale)
+  mean, var = group_moments(v)
+  rstd = jax.lax.rsqrt(var + eps)
+  normed = (v - mean) * rstd
+  return normed * scale + bias, (normed, rstd, scale)
 
 
 def _normalize_bwd(eps, residuals, dy):
-    del eps
-    normed, rstd, scale = residuals
-    m = dy.shape[1]
-    dbias = _row_sums(dy)[:, None]
-    dscale = _row_sums(dy * normed)[:, None]
-    dv = (scale * rstd / m) * (m * dy - dbias - normed * dscale)
-    return dv, jnp.sum(dscale, axis=(0, 1)), jnp.sum(dbias, axis=(0, 1))
+  del eps
+  normed, rstd, scale = residuals
+  m = dy.shape[1]
+  dbias = _row_sums(dy)[:, None]
+  dscale = _row_sums(dy * normed)[:, None]
+  dv = (scale * rstd / m) * (m * dy - dbias - normed * dscale)
+  return dv, jnp.sum(dscale, axis=(0, 1)), jnp.sum(dbias, axis=(0, 1))
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def instance_norm(x, eps: float = 1e-5):
-    """InstanceNorm2d(affine=False): per sample and channel over H, W (biased variance)."""
-    n, h, w, c = x.shape
-    ones, zeros = jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype)
-    return _normalize(x.reshape(n, h * w, c), ones, zeros, eps).reshape(x.shape)
+  """InstanceNorm2d(affine=False): per sample and channel over H, W (biased variance)."""
+  n, h, w, c = x.shape
+  ones, zeros = jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype)
+  return _normalize(x.reshape(n, h * w, c), ones, zeros, eps).reshape(x.shape)
 
 
 class BatchNorm(nn.Module):
-    """flax `nn.BatchNorm` over all but the last axis (same variables, fast variance, biased
-    running variance), with the statistics and gradients as matrix products (see above)."""
+  """flax `nn.BatchNorm` over all but the last axis (same variables, fast variance, biased
+  running variance), with the statistics and gradients as matrix products (see above)."""
 
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    scale_init: nn.initializers.Initializer = nn.initializers.ones
-    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  scale_init: nn.initializers.Initializer = nn.initializers.ones
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
-    @nn.compact
-    def __call__(self, x, *, use_running_average: bool):
-        c = x.shape[-1]
-        scale = self.param("scale", self.scale_init, (c,), jnp.float32)
-        bias = self.param("bias", self.bias_init, (c,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        if use_running_average:
-            return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
-        rows = x.reshape(1, -1, c)
-        if not self.is_initializing():
-            # The same products as inside _normalize: XLA computes them once (2 dots forward).
-            mean, var = jax.lax.stop_gradient(group_moments(rows))
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.reshape(c)
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.reshape(c)
-        return _normalize(rows, scale, bias, self.epsilon).reshape(x.shape)
+  @nn.compact
+  def __call__(self, x, *, use_running_average: bool):
+    c = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", self.bias_init, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if use_running_average:
+      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+    rows = x.reshape(1, -1, c)
+    if not self.is_initializing():
+      # The same products as inside _normalize: XLA computes them once (2 dots forward).
+      mean, var = jax.lax.stop_gradient(group_moments(rows))
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.reshape(c)
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.reshape(c)
+    return _normalize(rows, scale, bias, self.epsilon).reshape(x.shape)
 
 
 def reflect_pad(x, pad: int):
-    """ReflectionPad2d(pad) on an NHWC tensor."""
-    if pad == 0:
-        return x
-    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+  """ReflectionPad2d(pad) on an NHWC tensor."""
+  if pad == 0:
+    return x
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
 class Norm(nn.Module):
-    """The reference ``norm_layer``: BatchNorm2d (affine, running stats) or InstanceNorm2d."""
+  """The reference ``norm_layer``: BatchNorm2d (affine, running stats) or InstanceNorm2d."""
 
-    kind: str = "batch"
+  kind: str = "batch"
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True):
-        if check_norm(self.kind) == "instance":
-            return instance_norm(x)
-        return BatchNorm(scale_init=bn_scale_init, name="bn")(x, use_running_average=not train)
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    if check_norm(self.kind) == "instance":
+      return instance_norm(x)
+    return BatchNorm(scale_init=bn_scale_init, name="bn")(x, use_running_average=not train)
 
 
 # XLA:CPU's convolution is very slow on small feature maps with many channels (a 3x3 conv
@@ -166,144 +166,144 @@ MATMUL_CONV_MAX_PIXELS = 8 * 8
 
 
 def use_matmul_conv(kernel_shape, out_hw) -> bool:
-    """Whether the im2col + matmul form of this (plain, ungrouped) conv is the faster one."""
-    kh, kw = kernel_shape[:2]
-    return kh * kw == 1 or out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS
+  """Whether the im2col + matmul form of this (plain, ungrouped) conv is the faster one."""
+  kh, kw = kernel_shape[:2]
+  return kh * kw == 1 or out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS
 
 
 def _conv_as_matmul(x, kernel, strides, padding):
-    """NHWC conv (no groups, no dilation) as patches @ kernel; `padding` is [(lo, hi)] * 2."""
-    kh, kw, c_in, c_out = kernel.shape
-    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    (sh, sw), (ho, wo) = strides, ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
-    patches = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-               for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(patches, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
+  """NHWC conv (no groups, no dilation) as patches @ kernel; `padding` is [(lo, hi)] * 2."""
+  kh, kw, c_in, c_out = kernel.shape
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  (sh, sw), (ho, wo) = strides, ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
+  patches = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+             for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(patches, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
 
 
 def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-    """`lax.conv_general_dilated` for NHWC/HWIO, taking the matmul form where that is faster."""
-    plain = (feature_group_count == 1 and not kwargs and isinstance(padding, (list, tuple))
-             and all(lo >= 0 and hi >= 0 for lo, hi in padding)
-             and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
-    if plain:
-        kh, kw = kernel.shape[:2]
-        ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
-        wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
-        if use_matmul_conv(kernel.shape, (ho, wo)):
-            return _conv_as_matmul(x, kernel, window_strides, padding)
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers or ("NHWC", "HWIO", "NHWC"),
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
+  """`lax.conv_general_dilated` for NHWC/HWIO, taking the matmul form where that is faster."""
+  plain = (feature_group_count == 1 and not kwargs and isinstance(padding, (list, tuple))
+           and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+           and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
+  if plain:
+    kh, kw = kernel.shape[:2]
+    ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
+    wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
+    if use_matmul_conv(kernel.shape, (ho, wo)):
+      return _conv_as_matmul(x, kernel, window_strides, padding)
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers or ("NHWC", "HWIO", "NHWC"),
+      feature_group_count=feature_group_count, precision=precision, **kwargs)
 
 
 class Conv(nn.Module):
-    """Conv2d with PyTorch-style symmetric zero padding and N(0, 0.02) init."""
+  """Conv2d with PyTorch-style symmetric zero padding and N(0, 0.02) init."""
 
-    features: int
-    kernel: int
-    stride: int = 1
-    padding: int = 0
-    use_bias: bool = True
-    groups: int = 1
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  groups: int = 1
 
-    @nn.compact
-    def __call__(self, x):
-        return nn.Conv(
-            self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
-            padding=[(self.padding, self.padding)] * 2, use_bias=self.use_bias,
-            feature_group_count=self.groups, kernel_init=WEIGHT_INIT,
-            bias_init=nn.initializers.zeros, conv_general_dilated=conv_general_dilated,
-            name="conv")(x)
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(
+        self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
+        padding=[(self.padding, self.padding)] * 2, use_bias=self.use_bias,
+        feature_group_count=self.groups, kernel_init=WEIGHT_INIT,
+        bias_init=nn.initializers.zeros, conv_general_dilated=conv_general_dilated,
+        name="conv")(x)
 
 
 def phase_taps(kernel: int, padding: int, phase: int) -> list[tuple[int, int]]:
-    """(input offset, kernel index) pairs feeding output row ``2 * m + phase`` of a stride-2
-    transposed conv: output ``o = 2 * i - padding + k`` so ``i = m + offset``."""
-    taps = []
-    for k in range(kernel):
-        shifted = phase + padding - k
-        if shifted % 2 == 0:
-            taps.append((shifted // 2, k))
-    return taps
+  """(input offset, kernel index) pairs feeding output row ``2 * m + phase`` of a stride-2
+  transposed conv: output ``o = 2 * i - padding + k`` so ``i = m + offset``."""
+  taps = []
+  for k in range(kernel):
+    shifted = phase + padding - k
+    if shifted % 2 == 0:
+      taps.append((shifted // 2, k))
+  return taps
 
 
 def subpixel_geometry(kernel: int, padding: int):
-    """Static index tables for the sub-pixel form of a stride-2 transposed conv.
+  """Static index tables for the sub-pixel form of a stride-2 transposed conv.
 
-    Returns ``(lo, hi, index)``: the input window spans offsets ``lo..hi`` (pad ``-lo`` before,
-    ``hi`` after), and ``index[phase, window_pos]`` is the kernel tap or ``kernel`` (a zero tap).
-    """
-    taps = [phase_taps(kernel, padding, phase) for phase in (0, 1)]
-    offsets = [off for phase_list in taps for off, _ in phase_list]
-    lo, hi = min(offsets), max(offsets)
-    index = np.full((2, hi - lo + 1), kernel, dtype=np.int32)
-    for phase, phase_list in enumerate(taps):
-        for off, k in phase_list:
-            index[phase, off - lo] = k
-    return lo, hi, index
+  Returns ``(lo, hi, index)``: the input window spans offsets ``lo..hi`` (pad ``-lo`` before,
+  ``hi`` after), and ``index[phase, window_pos]`` is the kernel tap or ``kernel`` (a zero tap).
+  """
+  taps = [phase_taps(kernel, padding, phase) for phase in (0, 1)]
+  offsets = [off for phase_list in taps for off, _ in phase_list]
+  lo, hi = min(offsets), max(offsets)
+  index = np.full((2, hi - lo + 1), kernel, dtype=np.int32)
+  for phase, phase_list in enumerate(taps):
+    for off, k in phase_list:
+      index[phase, off - lo] = k
+  return lo, hi, index
 
 
 def transposed_output_size(size: int, kernel: int, padding: int, output_padding: int) -> int:
-    """PyTorch ConvTranspose2d output length for stride 2."""
-    return (size - 1) * 2 - 2 * padding + kernel + output_padding
+  """PyTorch ConvTranspose2d output length for stride 2."""
+  return (size - 1) * 2 - 2 * padding + kernel + output_padding
 
 
 def subpixel_kernel(kernel_hwio, padding: int):
-    """Rearrange a ``(k, k, in, out)`` transposed-conv kernel into the stride-1 kernel
-    ``(win, win, in, 4 * out)`` whose output channels are ordered (row phase, col phase, out).
+  """Rearrange a ``(k, k, in, out)`` transposed-conv kernel into the stride-1 kernel
+  ``(win, win, in, 4 * out)`` whose output channels are ordered (row phase, col phase, out).
 
-    Built from static slices (a gather here costs ~90 ms per step for a 1024x512 kernel on CPU).
-    """
-    k = kernel_hwio.shape[0]
-    lo, hi, index = subpixel_geometry(k, padding)
-    zero = jnp.zeros_like(kernel_hwio[0, 0])
+  Built from static slices (a gather here costs ~90 ms per step for a 1024x512 kernel on CPU).
+  """
+  k = kernel_hwio.shape[0]
+  lo, hi, index = subpixel_geometry(k, padding)
+  zero = jnp.zeros_like(kernel_hwio[0, 0])
 
-    def tap(a, b):
-        return zero if a == k or b == k else kernel_hwio[a, b]
+  def tap(a, b):
+    return zero if a == k or b == k else kernel_hwio[a, b]
 
-    window = range(hi - lo + 1)
-    return jnp.stack([
-        jnp.stack([jnp.concatenate([tap(index[py, wy], index[px, wx])
-                                    for py in (0, 1) for px in (0, 1)], axis=-1)
-                   for wx in window])
-        for wy in window])
+  window = range(hi - lo + 1)
+  return jnp.stack([
+      jnp.stack([jnp.concatenate([tap(index[py, wy], index[px, wx])
+                                  for py in (0, 1) for px in (0, 1)], axis=-1)
+                 for wx in window])
+      for wy in window])
 
 
 def depth_to_space2(y, c_out: int):
-    """(N, H, W, (2, 2, C)) -> (N, 2H, 2W, C) with channel order (row phase, col phase, C)."""
-    n, h, w, _ = y.shape
-    y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, c_out)
+  """(N, H, W, (2, 2, C)) -> (N, 2H, 2W, C) with channel order (row phase, col phase, C)."""
+  n, h, w, _ = y.shape
+  y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, 2 * h, 2 * w, c_out)
 
 
 def conv_transpose_subpixel(x, kernel_hwio, padding: int, output_padding: int):
-    """Exact PyTorch ``ConvTranspose2d(stride=2)`` (weights ``kernel[a,b,i,o] = w[i,o,a,b]``)
-    as one stride-1 conv + depth-to-space. Supports geometries whose output is ``2 * size``."""
-    k = kernel_hwio.shape[0]
-    for size in x.shape[1:3]:
-        if transposed_output_size(size, k, padding, output_padding) != 2 * size:
-            raise ValueError(
-                f"transposed conv k={k} p={padding} op={output_padding} does not double size {size}")
-    lo, hi, _ = subpixel_geometry(k, padding)
-    y = conv_general_dilated(
-        x, subpixel_kernel(kernel_hwio, padding).astype(x.dtype), window_strides=(1, 1),
-        padding=[(-lo, hi)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return depth_to_space2(y, kernel_hwio.shape[3])
+  """Exact PyTorch ``ConvTranspose2d(stride=2)`` (weights ``kernel[a,b,i,o] = w[i,o,a,b]``)
+  as one stride-1 conv + depth-to-space. Supports geometries whose output is ``2 * size``."""
+  k = kernel_hwio.shape[0]
+  for size in x.shape[1:3]:
+    if transposed_output_size(size, k, padding, output_padding) != 2 * size:
+      raise ValueError(
+          f"transposed conv k={k} p={padding} op={output_padding} does not double size {size}")
+  lo, hi, _ = subpixel_geometry(k, padding)
+  y = conv_general_dilated(
+      x, subpixel_kernel(kernel_hwio, padding).astype(x.dtype), window_strides=(1, 1),
+      padding=[(-lo, hi)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return depth_to_space2(y, kernel_hwio.shape[3])
 
 
 def conv_transpose_dilated(x, kernel_hwio, padding: int, output_padding: int):
-    """The same PyTorch ``ConvTranspose2d(stride=2)`` as an lhs-dilated conv with a flipped
-    kernel (the textbook form; kept as the reference the sub-pixel form is tested against)."""
-    k = kernel_hwio.shape[0]
-    flipped = kernel_hwio[::-1, ::-1]
-    before, after = k - 1 - padding, k - 1 - padding + output_padding
-    return jax.lax.conv_general_dilated(
-        x, flipped.astype(x.dtype), window_strides=(1, 1), padding=[(before, after)] * 2,
-        lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  """The same PyTorch ``ConvTranspose2d(stride=2)`` as an lhs-dilated conv with a flipped
+  kernel (the textbook form; kept as the reference the sub-pixel form is tested against)."""
+  k = kernel_hwio.shape[0]
+  flipped = kernel_hwio[::-1, ::-1]
+  before, after = k - 1 - padding, k - 1 - padding + output_padding
+  return jax.lax.conv_general_dilated(
+      x, flipped.astype(x.dtype), window_strides=(1, 1), padding=[(before, after)] * 2,
+      lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 _TEXTBOOK_CONV_TRANSPOSE = contextvars.ContextVar("textbook_conv_transpose", default=False)
@@ -311,90 +311,90 @@ _TEXTBOOK_CONV_TRANSPOSE = contextvars.ContextVar("textbook_conv_transpose", def
 
 @contextlib.contextmanager
 def textbook_conv_transpose():
-    """While tracing inside this context, ConvTranspose uses the lhs-dilated form.
+  """While tracing inside this context, ConvTranspose uses the lhs-dilated form.
 
-    Same numbers, slower; used to count MACs the way torchprofile (and so the papers) counts a
-    transposed conv: output elements x kernel taps x input channels.
-    """
-    token = _TEXTBOOK_CONV_TRANSPOSE.set(True)
-    try:
-        yield
-    finally:
-        _TEXTBOOK_CONV_TRANSPOSE.reset(token)
+  Same numbers, slower; used to count MACs the way torchprofile (and so the papers) counts a
+  transposed conv: output elements x kernel taps x input channels.
+  """
+  token = _TEXTBOOK_CONV_TRANSPOSE.set(True)
+  try:
+    yield
+  finally:
+    _TEXTBOOK_CONV_TRANSPOSE.reset(token)
 
 
 class ConvTranspose(nn.Module):
-    """PyTorch ``ConvTranspose2d(in, features, kernel, stride=2, padding, output_padding)``."""
+  """PyTorch ``ConvTranspose2d(in, features, kernel, stride=2, padding, output_padding)``."""
 
-    features: int
-    kernel: int
-    padding: int
-    output_padding: int = 0
-    use_bias: bool = True
+  features: int
+  kernel: int
+  padding: int
+  output_padding: int = 0
+  use_bias: bool = True
 
-    @nn.compact
-    def __call__(self, x):
-        w = self.param("kernel", WEIGHT_INIT, (self.kernel, self.kernel, x.shape[-1], self.features))
-        impl = (conv_transpose_dilated if _TEXTBOOK_CONV_TRANSPOSE.get()
-                else conv_transpose_subpixel)
-        y = impl(x, w, self.padding, self.output_padding)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("kernel", WEIGHT_INIT, (self.kernel, self.kernel, x.shape[-1], self.features))
+    impl = (conv_transpose_dilated if _TEXTBOOK_CONV_TRANSPOSE.get()
+            else conv_transpose_subpixel)
+    y = impl(x, w, self.padding, self.output_padding)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+    return y
 
 
 class SeparableConv(nn.Module):
-    """gan-compression ``SeparableConv2d``: depthwise conv, InstanceNorm, pointwise 1x1.
+  """gan-compression ``SeparableConv2d``: depthwise conv, InstanceNorm, pointwise 1x1.
 
-    The reference hard-codes InstanceNorm and biases inside it, whatever the generator norm.
-    Padding is applied by the caller (reflection) so ``padding`` here is the conv's zero pad.
-    """
+  The reference hard-codes InstanceNorm and biases inside it, whatever the generator norm.
+  Padding is applied by the caller (reflection) so ``padding`` here is the conv's zero pad.
+  """
 
-    features: int
-    kernel: int = 3
-    padding: int = 0
+  features: int
+  kernel: int = 3
+  padding: int = 0
 
-    @nn.compact
-    def __call__(self, x):
-        c_in = x.shape[-1]
-        x = Conv(c_in, self.kernel, padding=self.padding, groups=c_in, name="depthwise")(x)
-        x = instance_norm(x)
-        return Conv(self.features, 1, name="pointwise")(x)
+  @nn.compact
+  def __call__(self, x):
+    c_in = x.shape[-1]
+    x = Conv(c_in, self.kernel, padding=self.padding, groups=c_in, name="depthwise")(x)
+    x = instance_norm(x)
+    return Conv(self.features, 1, name="pointwise")(x)
 
 
 def dropout(module: nn.Module, x, rate: float, train: bool):
-    """nn.Dropout(rate) that only asks for a 'dropout' rng when it would actually drop."""
-    if not train or rate <= 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+  """nn.Dropout(rate) that only asks for a 'dropout' rng when it would actually drop."""
+  if not train or rate <= 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 def count_params(params) -> int:
-    """Number of scalars in a params pytree."""
-    return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+  """Number of scalars in a params pytree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
 
 class ExpansionBlock(nn.Module):
-    """OMGD deep-teacher residual block (``ExpansionResnetBlock`` / deep U-Net ``ResnetBlock``).
+  """OMGD deep-teacher residual block (``ExpansionResnetBlock`` / deep U-Net ``ResnetBlock``).
 
-    Reflection pad 1, 1x1 conv C->4C, norm, ReLU, 3x3 conv (no pad) 4C->4C, norm, ReLU,
-    1x1 conv 4C->C, norm, ReLU, dropout, reflection pad 1, 3x3 conv C->C, norm; plus identity.
-    The reference pads *before* the first 1x1 conv, so its norm sees the padded border: kept.
-    """
+  Reflection pad 1, 1x1 conv C->4C, norm, ReLU, 3x3 conv (no pad) 4C->4C, norm, ReLU,
+  1x1 conv 4C->C, norm, ReLU, dropout, reflection pad 1, 3x3 conv C->C, norm; plus identity.
+  The reference pads *before* the first 1x1 conv, so its norm sees the padded border: kept.
+  """
 
-    norm: str
-    dropout_rate: float = 0.0
+  norm: str
+  dropout_rate: float = 0.0
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True):
-        c, bias = x.shape[-1], conv_bias_for(self.norm)
-        h = reflect_pad(x, 1)
-        h = nn.relu(Norm(self.norm)(Conv(4 * c, 1, use_bias=bias)(h), train=train))
-        h = nn.relu(Norm(self.norm)(Conv(4 * c, 3, use_bias=bias)(h), train=train))
-        h = nn.relu(Norm(self.norm)(Conv(c, 1, use_bias=bias)(h), train=train))
-        h = dropout(self, h, self.dropout_rate, train)
-        h = Norm(self.norm)(Conv(c, 3, use_bias=bias)(reflect_pad(h, 1)), train=train)
-        return x + h
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    c, bias = x.shape[-1], conv_bias_for(self.norm)
+    h = reflect_pad(x, 1)
+    h = nn.relu(Norm(self.norm)(Conv(4 * c, 1, use_bias=bias)(h), train=train))
+    h = nn.relu(Norm(self.norm)(Conv(4 * c, 3, use_bias=bias)(h), train=train))
+    h = nn.relu(Norm(self.norm)(Conv(c, 1, use_bias=bias)(h), train=train))
+    h = dropout(self, h, self.dropout_rate, train)
+    h = Norm(self.norm)(Conv(c, 3, use_bias=bias)(reflect_pad(h, 1)), train=train)
+    return x + h

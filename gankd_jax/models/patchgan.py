@@ -33,59 +33,59 @@ N_BRANCHES = 2
 
 
 def block_widths(ndf: int) -> list[int]:
-    """Output channels of the five blocks."""
-    return [ndf, 2 * ndf, 4 * ndf, 8 * ndf, 1]
+  """Output channels of the five blocks."""
+  return [ndf, 2 * ndf, 4 * ndf, 8 * ndf, 1]
 
 
 def patch_output_size(size: int) -> int:
-    """Spatial size of the logits map: three stride-2 and two stride-1 4x4 convs, pad 1."""
-    for stride in (2, 2, 2, 1, 1):
-        size = (size + 2 - 4) // stride + 1
-    return size
+  """Spatial size of the logits map: three stride-2 and two stride-1 4x4 convs, pad 1."""
+  for stride in (2, 2, 2, 1, 1):
+    size = (size + 2 - 4) // stride + 1
+  return size
 
 
 class DiscBlock(nn.Module):
-    """One of the five blocks (index 0..4)."""
+  """One of the five blocks (index 0..4)."""
 
-    index: int
-    ndf: int
-    norm: str
+  index: int
+  ndf: int
+  norm: str
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True):
-        width = block_widths(self.ndf)[self.index]
-        if self.index == N_BLOCKS - 1:
-            return Conv(width, 4, stride=1, padding=1, use_bias=True)(x)
-        stride = 2 if self.index < 3 else 1
-        h = Conv(width, 4, stride=stride, padding=1,
-                 use_bias=self.index == 0 or conv_bias_for(self.norm))(x)
-        if self.index > 0:
-            h = Norm(self.norm)(h, train=train)
-        return leaky_relu(h)
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    width = block_widths(self.ndf)[self.index]
+    if self.index == N_BLOCKS - 1:
+      return Conv(width, 4, stride=1, padding=1, use_bias=True)(x)
+    stride = 2 if self.index < 3 else 1
+    h = Conv(width, 4, stride=stride, padding=1,
+             use_bias=self.index == 0 or conv_bias_for(self.norm))(x)
+    if self.index > 0:
+      h = Norm(self.norm)(h, train=train)
+    return leaky_relu(h)
 
 
 class MultiPatchDiscriminator(nn.Module):
-    """Two-branch PatchGAN on ``concat(x, y)``; the first ``n_share`` blocks are shared."""
+  """Two-branch PatchGAN on ``concat(x, y)``; the first ``n_share`` blocks are shared."""
 
-    ndf: int = 128
-    n_share: int = 3
-    norm: str = "batch"
+  ndf: int = 128
+  n_share: int = 3
+  norm: str = "batch"
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True, branches: Sequence[int] = (0, 1)):
-        check_norm(self.norm)
-        if not 0 <= self.n_share <= N_BLOCKS:
-            raise ValueError(f"n_share must be in 0..{N_BLOCKS}, got {self.n_share}")
-        for b in branches:
-            if b not in range(N_BRANCHES):
-                raise ValueError(f"discriminator branch must be 0 or 1, got {b}")
-        h = x
-        for i in range(self.n_share):
-            h = DiscBlock(i, self.ndf, self.norm, name=f"shared{i}")(h, train=train)
-        outputs = []
-        for b in branches:
-            hb = h
-            for i in range(self.n_share, N_BLOCKS):
-                hb = DiscBlock(i, self.ndf, self.norm, name=f"branch{b}_{i}")(hb, train=train)
-            outputs.append(hb)
-        return tuple(outputs)
+  @nn.compact
+  def __call__(self, x, *, train: bool = True, branches: Sequence[int] = (0, 1)):
+    check_norm(self.norm)
+    if not 0 <= self.n_share <= N_BLOCKS:
+      raise ValueError(f"n_share must be in 0..{N_BLOCKS}, got {self.n_share}")
+    for b in branches:
+      if b not in range(N_BRANCHES):
+        raise ValueError(f"discriminator branch must be 0 or 1, got {b}")
+    h = x
+    for i in range(self.n_share):
+      h = DiscBlock(i, self.ndf, self.norm, name=f"shared{i}")(h, train=train)
+    outputs = []
+    for b in branches:
+      hb = h
+      for i in range(self.n_share, N_BLOCKS):
+        hb = DiscBlock(i, self.ndf, self.norm, name=f"branch{b}_{i}")(hb, train=train)
+      outputs.append(hb)
+    return tuple(outputs)

@@ -38,127 +38,127 @@ MIN_NUM_DOWNS = 5
 
 
 def level_width(ngf: int, level: int) -> int:
-    """Inner width of U-Net level ``level``: ngf * [1, 2, 4, 8, 8, ...]."""
-    return ngf * min(2 ** level, 8)
+  """Inner width of U-Net level ``level``: ngf * [1, 2, 4, 8, 8, ...]."""
+  return ngf * min(2 ** level, 8)
 
 
 def level_dropout(level: int, num_downs: int, rate: float) -> float:
-    """The reference passes ``dropout_rate`` only to the 8*ngf levels built in its loop."""
-    return rate if 4 <= level < num_downs - 1 else 0.0
+  """The reference passes ``dropout_rate`` only to the 8*ngf levels built in its loop."""
+  return rate if 4 <= level < num_downs - 1 else 0.0
 
 
 def unet_feature_channels(ngf: int) -> list[int]:
-    """Channels of the four OMGD channel-distillation taps."""
-    return [2 * ngf, 8 * ngf, 16 * ngf, 4 * ngf]
+  """Channels of the four OMGD channel-distillation taps."""
+  return [2 * ngf, 8 * ngf, 16 * ngf, 4 * ngf]
 
 
 class UnetDown(nn.Module):
-    """Down path of one level: conv4x4/s2 [norm] [2 residual blocks].
+  """Down path of one level: conv4x4/s2 [norm] [2 residual blocks].
 
-    The level's leading LeakyReLU is applied by the generator, which also keeps it as the skip.
-    """
+  The level's leading LeakyReLU is applied by the generator, which also keeps it as the skip.
+  """
 
-    features: int
-    norm: str
-    outermost: bool = False
-    innermost: bool = False
-    deep: bool = False
-    dropout_rate: float = 0.0
+  features: int
+  norm: str
+  outermost: bool = False
+  innermost: bool = False
+  deep: bool = False
+  dropout_rate: float = 0.0
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True):
-        bias = conv_bias_for(self.norm)
-        h = Conv(self.features, 4, stride=2, padding=1, use_bias=bias)(x)
-        if not (self.outermost or self.innermost):
-            h = Norm(self.norm)(h, train=train)
-        if self.deep and not self.innermost:
-            for _ in range(2):
-                h = ExpansionBlock(self.norm, self.dropout_rate)(h, train=train)
-        return h
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    bias = conv_bias_for(self.norm)
+    h = Conv(self.features, 4, stride=2, padding=1, use_bias=bias)(x)
+    if not (self.outermost or self.innermost):
+      h = Norm(self.norm)(h, train=train)
+    if self.deep and not self.innermost:
+      for _ in range(2):
+        h = ExpansionBlock(self.norm, self.dropout_rate)(h, train=train)
+    return h
 
 
 class UnetUp(nn.Module):
-    """Up path of one level: [2 residual blocks] ReLU convT4x4/s2 norm|tanh [2 blocks] dropout.
+  """Up path of one level: [2 residual blocks] ReLU convT4x4/s2 norm|tanh [2 blocks] dropout.
 
-    Returns ``(output, relu_input)``; the ReLU'd input is an OMGD distillation tap.
-    """
+  Returns ``(output, relu_input)``; the ReLU'd input is an OMGD distillation tap.
+  """
 
-    features: int
-    norm: str
-    outermost: bool = False
-    innermost: bool = False
-    deep: bool = False
-    dropout_rate: float = 0.0
+  features: int
+  norm: str
+  outermost: bool = False
+  innermost: bool = False
+  deep: bool = False
+  dropout_rate: float = 0.0
 
-    @nn.compact
-    def __call__(self, u, *, train: bool = True):
-        if self.outermost:
-            if self.deep:
-                for _ in range(2):
-                    u = ExpansionBlock(self.norm, self.dropout_rate)(u, train=train)
-            r = nn.relu(u)
-            return jnp.tanh(ConvTranspose(self.features, 4, padding=1, use_bias=True)(r)), r
-        r = nn.relu(u)
-        h = ConvTranspose(self.features, 4, padding=1, use_bias=conv_bias_for(self.norm))(r)
-        h = Norm(self.norm)(h, train=train)
-        if self.deep and not self.innermost:
-            for _ in range(2):
-                h = ExpansionBlock(self.norm, self.dropout_rate)(h, train=train)
-        if not self.innermost:
-            h = dropout(self, h, self.dropout_rate, train)
-        return h, r
+  @nn.compact
+  def __call__(self, u, *, train: bool = True):
+    if self.outermost:
+      if self.deep:
+        for _ in range(2):
+          u = ExpansionBlock(self.norm, self.dropout_rate)(u, train=train)
+      r = nn.relu(u)
+      return jnp.tanh(ConvTranspose(self.features, 4, padding=1, use_bias=True)(r)), r
+    r = nn.relu(u)
+    h = ConvTranspose(self.features, 4, padding=1, use_bias=conv_bias_for(self.norm))(r)
+    h = Norm(self.norm)(h, train=train)
+    if self.deep and not self.innermost:
+      for _ in range(2):
+        h = ExpansionBlock(self.norm, self.dropout_rate)(h, train=train)
+    if not self.innermost:
+      h = dropout(self, h, self.dropout_rate, train)
+    return h, r
 
 
 class UnetGenerator(nn.Module):
-    """pix2pix U-Net (``unet_256`` with the default ``num_downs=8``).
+  """pix2pix U-Net (``unet_256`` with the default ``num_downs=8``).
 
-    Input size must be divisible by ``2 ** num_downs`` (see ``models.check_image_size``).
-    """
+  Input size must be divisible by ``2 ** num_downs`` (see ``models.check_image_size``).
+  """
 
-    ngf: int = 64
-    output_nc: int = 3
-    num_downs: int = 8
-    norm: str = "batch"
-    dropout_rate: float = 0.0
-    deep: bool = False
+  ngf: int = 64
+  output_nc: int = 3
+  num_downs: int = 8
+  norm: str = "batch"
+  dropout_rate: float = 0.0
+  deep: bool = False
 
-    def feature_channels(self) -> list[int]:
-        """Channels of the maps returned with ``return_features=True``."""
-        return unet_feature_channels(self.ngf)
+  def feature_channels(self) -> list[int]:
+    """Channels of the maps returned with ``return_features=True``."""
+    return unet_feature_channels(self.ngf)
 
-    def level_kwargs(self, level: int) -> dict:
-        last = self.num_downs - 1
-        return dict(norm=self.norm, outermost=level == 0, innermost=level == last,
-                    deep=self.deep,
-                    dropout_rate=level_dropout(level, self.num_downs, self.dropout_rate))
+  def level_kwargs(self, level: int) -> dict:
+    last = self.num_downs - 1
+    return dict(norm=self.norm, outermost=level == 0, innermost=level == last,
+                deep=self.deep,
+                dropout_rate=level_dropout(level, self.num_downs, self.dropout_rate))
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True, return_features: bool = False):
-        check_norm(self.norm)
-        if self.num_downs < MIN_NUM_DOWNS:
-            raise ValueError(f"U-Net num_downs must be >= {MIN_NUM_DOWNS}, got {self.num_downs}")
-        skips = {}
-        h = x
-        for level in range(self.num_downs):
-            if level > 0:  # the reference's in-place LeakyReLU: the skip is leaky_relu(h)
-                h = skips[level] = leaky_relu(h)
-            h = UnetDown(level_width(self.ngf, level), name=f"down{level}",
-                         **self.level_kwargs(level))(h, train=train)
-        relu_inputs = {}
-        for level in reversed(range(self.num_downs)):
-            out_width = self.output_nc if level == 0 else level_width(self.ngf, level - 1)
-            h, relu_inputs[level] = UnetUp(out_width, name=f"up{level}",
-                                           **self.level_kwargs(level))(h, train=train)
-            if level > 0:
-                h = jnp.concatenate([skips[level], h], axis=-1)
-        if not return_features:
-            return h
-        return h, [skips[2], skips[4], relu_inputs[3], relu_inputs[1]]
+  @nn.compact
+  def __call__(self, x, *, train: bool = True, return_features: bool = False):
+    check_norm(self.norm)
+    if self.num_downs < MIN_NUM_DOWNS:
+      raise ValueError(f"U-Net num_downs must be >= {MIN_NUM_DOWNS}, got {self.num_downs}")
+    skips = {}
+    h = x
+    for level in range(self.num_downs):
+      if level > 0:  # the reference's in-place LeakyReLU: the skip is leaky_relu(h)
+        h = skips[level] = leaky_relu(h)
+      h = UnetDown(level_width(self.ngf, level), name=f"down{level}",
+                   **self.level_kwargs(level))(h, train=train)
+    relu_inputs = {}
+    for level in reversed(range(self.num_downs)):
+      out_width = self.output_nc if level == 0 else level_width(self.ngf, level - 1)
+      h, relu_inputs[level] = UnetUp(out_width, name=f"up{level}",
+                                     **self.level_kwargs(level))(h, train=train)
+      if level > 0:
+        h = jnp.concatenate([skips[level], h], axis=-1)
+    if not return_features:
+      return h
+    return h, [skips[2], skips[4], relu_inputs[3], relu_inputs[1]]
 
 
 class UnetDeepestGenerator(UnetGenerator):
-    """OMGD deep U-Net teacher (``unet_deepest_256``): two expansion residual blocks after
-    every non-innermost down conv and two in every non-innermost up path (before the up ReLU
-    at the outermost level, after the up norm elsewhere)."""
+  """OMGD deep U-Net teacher (``unet_deepest_256``): two expansion residual blocks after
+  every non-innermost down conv and two in every non-innermost up path (before the up ReLU
+  at the outermost level, after the up norm elsewhere)."""
 
-    deep: bool = True
+  deep: bool = True

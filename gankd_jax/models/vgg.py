@@ -40,89 +40,89 @@ TORCHVISION_CONV_INDEX = {
 
 
 def _conv_shapes() -> dict[str, tuple[int, int]]:
-    """(in, out) channels of every conv, in order."""
-    shapes, in_channels = {}, 3
-    for block, count, out_channels in _BLOCKS:
-        for index in range(1, count + 1):
-            shapes[f"conv{block}_{index}"] = (in_channels, out_channels)
-            in_channels = out_channels
-    return shapes
+  """(in, out) channels of every conv, in order."""
+  shapes, in_channels = {}, 3
+  for block, count, out_channels in _BLOCKS:
+    for index in range(1, count + 1):
+      shapes[f"conv{block}_{index}"] = (in_channels, out_channels)
+      in_channels = out_channels
+  return shapes
 
 
 CONV_SHAPES = _conv_shapes()
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
-    """torch MaxPool2d(2, 2): floor division of odd sizes.
+  """torch MaxPool2d(2, 2): floor division of odd sizes.
 
-    As a max over a reshape, not `nn.max_pool`: the windows do not overlap, and XLA:CPU lowers
-    reduce-window's gradient to iota + scatter over the whole map (VGG16 fwd+bwd at 4x256x256:
-    1.40 -> 1.19 s). The values are the same; where a window holds several equal maxima the
-    gradient is split between them instead of going to the first: both are gradients of the same
-    function, and such ties are almost always ReLU zeros, whose gradient the ReLU stops anyway.
-    """
-    n, h, w, c = x.shape
-    x = x[:, :h // 2 * 2, :w // 2 * 2]
-    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+  As a max over a reshape, not `nn.max_pool`: the windows do not overlap, and XLA:CPU lowers
+  reduce-window's gradient to iota + scatter over the whole map (VGG16 fwd+bwd at 4x256x256:
+  1.40 -> 1.19 s). The values are the same; where a window holds several equal maxima the
+  gradient is split between them instead of going to the first: both are gradients of the same
+  function, and such ties are almost always ReLU zeros, whose gradient the ReLU stops anyway.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 class VGG16Features(nn.Module):
-    """VGG16 conv trunk returning {"relu1_2", "relu2_2", "relu3_3", "relu4_3"} activations (NHWC)."""
+  """VGG16 conv trunk returning {"relu1_2", "relu2_2", "relu3_3", "relu4_3"} activations (NHWC)."""
 
-    input_normalization: str = "none"
+  input_normalization: str = "none"
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = True):
-        del train  # no dropout or norm layers in the trunk
-        if self.input_normalization not in INPUT_NORMALIZATIONS:
-            raise ValueError(f"unknown VGG input_normalization {self.input_normalization!r}; "
-                             f"expected one of {', '.join(INPUT_NORMALIZATIONS)}")
-        x = (jnp.asarray(x, jnp.float32) + 1.0) / 2.0
-        if self.input_normalization == "imagenet":
-            x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-        taps = {}
-        for block, count, out_channels in _BLOCKS:
-            if block > 1:
-                x = _max_pool_2x2(x)
-            for index in range(1, count + 1):
-                x = nn.Conv(out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                            kernel_init=nn.initializers.normal(0.02), name=f"conv{block}_{index}")(x)
-                x = nn.relu(x)
-            taps[f"relu{block}_{count}"] = x
-        return taps
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    del train  # no dropout or norm layers in the trunk
+    if self.input_normalization not in INPUT_NORMALIZATIONS:
+      raise ValueError(f"unknown VGG input_normalization {self.input_normalization!r}; "
+                       f"expected one of {', '.join(INPUT_NORMALIZATIONS)}")
+    x = (jnp.asarray(x, jnp.float32) + 1.0) / 2.0
+    if self.input_normalization == "imagenet":
+      x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    taps = {}
+    for block, count, out_channels in _BLOCKS:
+      if block > 1:
+        x = _max_pool_2x2(x)
+      for index in range(1, count + 1):
+        x = nn.Conv(out_channels, (3, 3), padding=((1, 1), (1, 1)),
+                    kernel_init=nn.initializers.normal(0.02), name=f"conv{block}_{index}")(x)
+        x = nn.relu(x)
+      taps[f"relu{block}_{count}"] = x
+    return taps
 
 
 def _tensor(state_dict: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
-    if key not in state_dict:
-        raise ValueError(f"VGG16 state dict is missing tensor {key}")
-    value = np.asarray(state_dict[key])
-    if value.shape != shape:
-        raise ValueError(f"VGG16 tensor {key} has shape {value.shape}, expected {shape}")
-    return value.astype(np.float32)
+  if key not in state_dict:
+    raise ValueError(f"VGG16 state dict is missing tensor {key}")
+  value = np.asarray(state_dict[key])
+  if value.shape != shape:
+    raise ValueError(f"VGG16 tensor {key} has shape {value.shape}, expected {shape}")
+  return value.astype(np.float32)
 
 
 def vgg16_params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
-    """Flax params of `VGG16Features` from a torchvision vgg16 state dict (extra keys ignored).
+  """Flax params of `VGG16Features` from a torchvision vgg16 state dict (extra keys ignored).
 
-    Use as `VGG16Features().apply({"params": params}, images)`.
-    """
-    params = {}
-    for name, (in_channels, out_channels) in CONV_SHAPES.items():
-        index = TORCHVISION_CONV_INDEX[name]
-        weight = _tensor(state_dict, f"features.{index}.weight", (out_channels, in_channels, 3, 3))
-        bias = _tensor(state_dict, f"features.{index}.bias", (out_channels,))
-        params[name] = {"kernel": jnp.asarray(weight.transpose(2, 3, 1, 0)), "bias": jnp.asarray(bias)}
-    return params
+  Use as `VGG16Features().apply({"params": params}, images)`.
+  """
+  params = {}
+  for name, (in_channels, out_channels) in CONV_SHAPES.items():
+    index = TORCHVISION_CONV_INDEX[name]
+    weight = _tensor(state_dict, f"features.{index}.weight", (out_channels, in_channels, 3, 3))
+    bias = _tensor(state_dict, f"features.{index}.bias", (out_channels,))
+    params[name] = {"kernel": jnp.asarray(weight.transpose(2, 3, 1, 0)), "bias": jnp.asarray(bias)}
+  return params
 
 
 def load_vgg16(path: str | os.PathLike) -> dict:
-    """Flax params of `VGG16Features` from a torchvision `.pth` or an `.npz` with the same keys."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"VGG16 weights file {path} does not exist")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            state_dict = {key: archive[key] for key in archive.files}
-    else:
-        state_dict = load_state_dict(path)
-    return vgg16_params_from_state_dict(state_dict)
+  """Flax params of `VGG16Features` from a torchvision `.pth` or an `.npz` with the same keys."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ValueError(f"VGG16 weights file {path} does not exist")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as archive:
+      state_dict = {key: archive[key] for key in archive.files}
+  else:
+    state_dict = load_state_dict(path)
+  return vgg16_params_from_state_dict(state_dict)

@@ -23,10 +23,10 @@ DOWNLOAD_TIMEOUT_S = 30
 
 @dataclasses.dataclass(frozen=True)
 class KnownFile:
-    description: str
-    filename: str
-    url: str
-    sha256_prefix: str
+  description: str
+  filename: str
+  url: str
+  sha256_prefix: str
 
 
 INCEPTION_FID = KnownFile(
@@ -39,65 +39,65 @@ VGG16 = KnownFile(
 
 
 def cache_dir() -> str:
-    return os.environ.get(CACHE_ENV) or os.path.expanduser("~/.cache/gankd_jax")
+  return os.environ.get(CACHE_ENV) or os.path.expanduser("~/.cache/gankd_jax")
 
 
 def search_dirs() -> list[str]:
-    return [cache_dir(), os.path.expanduser("~/.cache/torch/hub/checkpoints")]
+  return [cache_dir(), os.path.expanduser("~/.cache/torch/hub/checkpoints")]
 
 
 def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+  digest = hashlib.sha256()
+  with open(path, "rb") as handle:
+    for chunk in iter(lambda: handle.read(1 << 22), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def find_cached(known: KnownFile) -> str | None:
-    for directory in search_dirs():
-        candidate = os.path.join(directory, known.filename)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+  for directory in search_dirs():
+    candidate = os.path.join(directory, known.filename)
+    if os.path.isfile(candidate):
+      return candidate
+  return None
 
 
 def download(known: KnownFile, url: str | None = None) -> str:
-    """Fetches `known` into the cache (verified); returns its path. Raises OSError/ValueError."""
-    url = url or known.url
-    os.makedirs(cache_dir(), exist_ok=True)
-    target = os.path.join(cache_dir(), known.filename)
-    tmp = f"{target}.{os.getpid()}.partial"
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-        digest = sha256_of(tmp)
-        if not digest.startswith(known.sha256_prefix):
-            raise ValueError(f"downloaded {known.filename} from {url} has SHA-256 {digest[:16]}..., "
-                             f"expected a digest starting with {known.sha256_prefix}; not kept")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
+  """Fetches `known` into the cache (verified); returns its path. Raises OSError/ValueError."""
+  url = url or known.url
+  os.makedirs(cache_dir(), exist_ok=True)
+  target = os.path.join(cache_dir(), known.filename)
+  tmp = f"{target}.{os.getpid()}.partial"
+  try:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as out:
+      shutil.copyfileobj(response, out, 1 << 20)
+    digest = sha256_of(tmp)
+    if not digest.startswith(known.sha256_prefix):
+      raise ValueError(f"downloaded {known.filename} from {url} has SHA-256 {digest[:16]}..., "
+                       f"expected a digest starting with {known.sha256_prefix}; not kept")
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return target
 
 
 def resolve(known: KnownFile, explicit_path: str | None = None, *, flag: str,
             allow_download: bool = True, url: str | None = None) -> str:
-    """A local path of `known`; ValueError (one line, what to get and where to put it) if none."""
-    if explicit_path:
-        if not os.path.isfile(explicit_path):
-            raise ValueError(f"{flag}: no such file: {explicit_path}")
-        return explicit_path
-    cached = find_cached(known)
-    if cached:
-        return cached
-    reason = f"{OFFLINE_ENV} is set"
-    if allow_download and not os.environ.get(OFFLINE_ENV):
-        try:
-            return download(known, url)
-        except (OSError, urllib.error.URLError) as error:
-            reason = f"download from {url or known.url} failed: {getattr(error, 'reason', error)}"
-    raise ValueError(
-        f"{known.description} {known.filename} not found ({reason}); download {known.url} "
-        f"and pass {flag}=FILE, or put it in {cache_dir()}/")
+  """A local path of `known`; ValueError (one line, what to get and where to put it) if none."""
+  if explicit_path:
+    if not os.path.isfile(explicit_path):
+      raise ValueError(f"{flag}: no such file: {explicit_path}")
+    return explicit_path
+  cached = find_cached(known)
+  if cached:
+    return cached
+  reason = f"{OFFLINE_ENV} is set"
+  if allow_download and not os.environ.get(OFFLINE_ENV):
+    try:
+      return download(known, url)
+    except (OSError, urllib.error.URLError) as error:
+      reason = f"download from {url or known.url} failed: {getattr(error, 'reason', error)}"
+  raise ValueError(
+      f"{known.description} {known.filename} not found ({reason}); download {known.url} "
+      f"and pass {flag}=FILE, or put it in {cache_dir()}/")

@@ -1,0 +1,411 @@
+"""One evaluation pass, for the training loop, `gankd_jax.evaluate` and the experiments.
+
+Evaluators are declared by name in the config, as big_vision declares its own:
+
+  config.eval.evaluators.fid = dict(type="fid", roles=("student",), every=1000, num_samples=5000)
+
+  type         paired | sharpness | fid | inception_score | kid | precision_recall (default: the name)
+  roles        generator roles it evaluates; () for all of the method's
+  every        evaluate every this many steps; 0: at every evaluation of the run (`eval_every`);
+               -1: declared but off (turn it on with --config.eval.evaluators.NAME.every=0;
+               configs/base.py declares every type, the distribution ones off)
+  num_samples  the first N evaluation examples; 0: all the pass covers (eval.max_examples)
+  features     distribution types: the feature network, inception (pytorch-fid's InceptionV3,
+               default), digit_classifier (metrics/digit_classifier.py, for digits / MNIST) or
+               vgg16_fc2 (torchvision VGG16's fc2, precision_recall's default)
+  k            precision_recall: the k of the k-NN manifolds (3)
+
+Per-example evaluators (paired, sharpness) run inside the jitted evaluation step and are averaged
+over the real (unpadded) examples; distribution evaluators accumulate features of every batch and
+report at the end. The method says what each role is compared with (`Method.paired_targets`,
+`Method.real_images`); evaluators know no method. A distribution evaluator whose feature network's
+weights cannot be found is skipped with a one-line note, and the rest is reported.
+
+Results are {group: {metric: value}} with group a role ("student") or a role against a target
+("student_vs_teacher_wide").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gankd_jax import parallel, visualize
+from gankd_jax.data import pipeline
+
+PER_EXAMPLE_TYPES = ("paired", "sharpness")
+DISTRIBUTION_TYPES = ("fid", "inception_score", "kid", "precision_recall")
+TYPES = (*PER_EXAMPLE_TYPES, *DISTRIBUTION_TYPES)
+FEATURES = ("inception", "digit_classifier", "vgg16_fc2")
+DEFAULT_FEATURES = {"precision_recall": "vgg16_fc2"}  # Else inception.
+FIELDS = ("type", "roles", "every", "num_samples", "features", "k")
+INCEPTION_FLAG = "--config.eval.inception_weights"
+VGG_FLAG = "--config.eval.vgg16_weights"
+OFF = -1
+
+
+# --------------------------------------------------------------------------------- declarations
+@dataclasses.dataclass(frozen=True)
+class EvaluatorSpec:
+  name: str
+  type: str
+  roles: tuple[str, ...] = ()
+  every: int = 0
+  num_samples: int = 0
+  features: str = "inception"
+  k: int = 3
+
+  def due(self, step: int, eval_every: int, final_step: int) -> bool:
+    """Whether it runs at `step` (always at step 0 and at the end, unless off)."""
+    if self.every == OFF:
+      return False
+    return step in (0, final_step) or step % (self.every or eval_every) == 0
+
+  def evaluates(self, role: str) -> bool:
+    return not self.roles or role in self.roles
+
+
+def parse(evaluators) -> list[EvaluatorSpec]:
+  """Specs from `config.eval.evaluators` (a mapping name -> fields, or a sequence of names as
+  shorthand); one-line ValueErrors name the evaluator and the field."""
+  if isinstance(evaluators, (list, tuple)):
+    evaluators = {name: {"type": name} for name in evaluators}
+  specs = []
+  for name, fields in dict(evaluators).items():
+    fields = dict(fields)
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+      raise ValueError(f"eval.evaluators.{name}: unknown field '{unknown[0]}'; fields: "
+                       f"{', '.join(FIELDS)}")
+    kind = fields.pop("type", name)
+    if kind not in TYPES:
+      raise ValueError(f"eval.evaluators.{name}: unknown type '{kind}'; choose from "
+                       f"{', '.join(TYPES)}")
+    fields.setdefault("features", DEFAULT_FEATURES.get(kind, "inception"))
+    if fields["features"] not in FEATURES:
+      raise ValueError(f"eval.evaluators.{name}.features: unknown '{fields['features']}'; choose "
+                       f"from {', '.join(FEATURES)}")
+    for field in ("every", "num_samples"):
+      if int(fields.get(field, 0)) < (OFF if field == "every" else 0):
+        raise ValueError(f"eval.evaluators.{name}.{field} must be >= "
+                         f"{OFF if field == 'every' else 0}, got {fields[field]}")
+    if kind == "precision_recall" and int(fields.get("k", 3)) < 1:
+      raise ValueError(f"eval.evaluators.{name}.k must be >= 1, got {fields['k']}")
+    fields["roles"] = tuple(fields.get("roles", ()) or ())
+    specs.append(EvaluatorSpec(name, kind, **fields))
+  return specs
+
+
+def check_roles(specs: list[EvaluatorSpec], generator_roles: Iterable[str]) -> None:
+  """A declared role the method does not have is a one-line error."""
+  generator_roles = tuple(generator_roles)
+  for spec in specs:
+    for role in spec.roles:
+      if role not in generator_roles:
+        raise ValueError(f"eval.evaluators.{spec.name}.roles: this method has no generator role "
+                         f"'{role}' (it has {', '.join(generator_roles)})")
+
+
+# --------------------------------------------------------------------------------- per example
+def paired_metrics(outputs, targets, roles) -> dict[str, jax.Array]:
+  """PSNR / SSIM / L1 of each role's output against each of its targets."""
+  from gankd_jax.losses import image
+  metrics = {}
+  for role in roles:
+    for name, target in targets.get(role, {}).items():
+      group = role if name == "target" else f"{role}_vs_{name}"
+      generated = outputs[role]
+      metrics[f"{group}/psnr"] = image.psnr(generated, target)
+      metrics[f"{group}/ssim"] = image.ssim_per_image(generated, target)
+      metrics[f"{group}/l1"] = jnp.mean(jnp.abs(generated - target), axis=(1, 2, 3))
+  return metrics
+
+
+def sharpness_metrics(outputs, targets, roles) -> dict[str, jax.Array]:
+  from gankd_jax.metrics import sharpness
+  return {f"{role}/vol": sharpness.variance_of_laplacian(outputs[role]) for role in roles}
+
+
+PER_EXAMPLE = {"paired": paired_metrics, "sharpness": sharpness_metrics}
+
+
+# --------------------------------------------------------------------------------- features
+@dataclasses.dataclass
+class FeatureNetwork:
+  """A frozen network: images in [-1, 1] -> {"features": (N, F), "logits": (N, K) or absent}."""
+  name: str
+  extractor: Any  # metrics.features.FeatureExtractor
+  weights_path: str | None
+
+  def output_dims(self) -> tuple[int, int]:
+    """(feature size, number of classes or 0)."""
+    shapes = jax.eval_shape(self.extractor._apply, self.extractor.variables,
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    return shapes["features"].shape[-1], shapes["logits"].shape[-1] if "logits" in shapes else 0
+
+
+def _inception(eval_config):
+  from gankd_jax.metrics import distribution
+  from gankd_jax.models import inception
+  from gankd_jax.weights import download
+  path = download.resolve(download.INCEPTION_FID, eval_config.get("inception_weights") or None,
+                          flag=INCEPTION_FLAG)
+  model = inception.InceptionV3()
+
+  def apply(variables, images):
+    out = model.apply(variables, distribution.to_inception_input(images))
+    return {"features": out["pool"], "logits": out["logits"]}
+  return apply, inception.load_inception(path), path
+
+
+def _digit_classifier(eval_config):
+  from gankd_jax.metrics import digit_classifier
+  return digit_classifier.apply, digit_classifier.load_weights(), None
+
+
+def _vgg16_fc2(eval_config):
+  from gankd_jax.metrics import distribution
+  from gankd_jax.models import vgg16_fc2
+  from gankd_jax.weights import download
+  path = download.resolve(download.VGG16, eval_config.get("vgg16_weights") or None, flag=VGG_FLAG)
+  model = vgg16_fc2.VGG16FC2()
+  return (lambda v, x: {"features": model.apply(v, distribution.to_inception_input(x))},
+          vgg16_fc2.load_vgg16_fc2(path), path)
+
+
+FEATURE_LOADERS: dict[str, Callable] = {
+    "inception": _inception, "digit_classifier": _digit_classifier, "vgg16_fc2": _vgg16_fc2}
+
+
+# --------------------------------------------------------------------------------- distribution
+class DistributionEvaluator:
+  """One declared fid / inception_score / kid / precision_recall over a feature network.
+
+  The real images' side (statistics or feature sample) does not change within a run: the first
+  complete pass keeps it (`reference`), later passes skip the real images; `gankd_jax.evaluate`
+  also caches it on disk.
+  """
+
+  def __init__(self, spec: EvaluatorSpec, network: FeatureNetwork, mesh):
+    self.spec, self.network, self.mesh = spec, network, mesh
+    self.network_dim, self.num_classes = network.output_dims()
+    if spec.type == "inception_score" and not self.num_classes:
+      raise ValueError(f"eval.evaluators.{spec.name}: features '{spec.features}' give no class "
+                       "logits for an inception score")
+    self.reference: dict[str, np.ndarray] | None = None
+
+  def _accumulator(self, num_examples: int, real: bool):
+    from gankd_jax.metrics import fid, inception_score, kid
+    kind = self.spec.type
+    if kind == "fid":
+      return fid.GaussianStats(self.network_dim)
+    if kind in ("kid", "precision_recall"):
+      return kid.FeatureSample(self.network_dim)
+    if real:
+      return None  # IS needs no real images.
+    return inception_score.InceptionScore(num_examples, self.num_classes)
+
+  def start(self, num_examples: int):
+    return _DistributionPass(self, min(num_examples, self.spec.num_samples or num_examples))
+
+  def set_reference(self, accumulator) -> None:
+    if self.spec.type == "fid":
+      mu, sigma = accumulator.result()
+      self.reference = {"mu": mu, "sigma": sigma}
+    else:
+      self.reference = {"rows": accumulator.rows}
+
+  def score(self, accumulator) -> dict[str, float]:
+    from gankd_jax.metrics import fid, kid, precision_recall
+    kind = self.spec.type
+    if kind == "inception_score":
+      value, std = accumulator.result()
+      return {"is": value, "is_std": std}
+    if kind == "fid":
+      return {"fid": fid.frechet_distance(*accumulator.result(), self.reference["mu"],
+                                          self.reference["sigma"])}
+    if kind == "kid":
+      value, std = kid.kernel_inception_distance(self.reference["rows"], accumulator.rows)
+      return {"kid": value, "kid_std": std}
+    return precision_recall.precision_recall(self.reference["rows"], accumulator.rows,
+                                             k=self.spec.k, mesh=self.mesh)
+
+
+class _DistributionPass:
+  def __init__(self, owner: DistributionEvaluator, num_examples: int):
+    self.owner, self.num_examples = owner, num_examples
+    self.roles: dict[str, Any] = {}
+    self.real = None if owner.reference is not None or owner.spec.type == "inception_score" else (
+        owner._accumulator(num_examples, real=True))
+    self.seen = 0
+
+  def _update(self, accumulator, features, mask) -> None:
+    if self.owner.spec.type == "inception_score":
+      accumulator.update(features["logits"], mask)
+    else:
+      accumulator.update(features["features"], mask)
+
+  def update(self, features_of: Callable[[str], dict], roles, mask, has_real: bool) -> None:
+    """`features_of(role or "real")`: this batch's features (computed once per network)."""
+    mask = np.asarray(mask, bool) & (self.seen + np.cumsum(mask) <= self.num_examples)
+    self.seen += int(np.sum(mask))
+    if not mask.any():
+      return
+    if self.owner.spec.type == "inception_score" and self.num_examples < 10:
+      return  # IS is over 10 splits.
+    for role in roles:
+      if self.owner.spec.evaluates(role):
+        accumulator = self.roles.setdefault(role, self.owner._accumulator(self.num_examples, False))
+        self._update(accumulator, features_of(role), mask)
+    if self.real is not None and has_real:
+      self._update(self.real, features_of("real"), mask)
+
+  def result(self) -> dict[str, float]:
+    owner = self.owner
+    if self.real is not None and self._count(self.real) >= 2:
+      owner.set_reference(self.real)
+    out = {}
+    for role, accumulator in self.roles.items():
+      if owner.spec.type != "inception_score" and (owner.reference is None or
+                                                   self._count(accumulator) < 2):
+        continue  # Too few samples (or no real images in these batches).
+      out.update({f"{role}/{k}": v for k, v in owner.score(accumulator).items()})
+    return out
+
+  @staticmethod
+  def _count(accumulator) -> int:
+    return int(getattr(accumulator, "count", None) or len(getattr(accumulator, "rows", ())))
+
+
+# --------------------------------------------------------------------------------- building
+@dataclasses.dataclass
+class Evaluators:
+  """What a run evaluates with: specs, built distribution evaluators, notes of skipped ones."""
+  specs: list[EvaluatorSpec]
+  distribution: dict[str, DistributionEvaluator]
+  notes: list[str]
+
+  def set_roles(self, roles: tuple[str, ...]) -> None:
+    """Evaluates only `roles` from now on (keeping what the evaluators learnt of the real images)."""
+    self.specs = [dataclasses.replace(spec, roles=roles) for spec in self.specs]
+    for evaluator in self.distribution.values():
+      evaluator.spec = dataclasses.replace(evaluator.spec, roles=roles)
+
+  def due(self, step: int, eval_every: int, final_step: int) -> "Evaluators":
+    specs = [s for s in self.specs if s.due(step, eval_every, final_step)]
+    names = {s.name for s in specs}
+    return Evaluators(specs, {n: e for n, e in self.distribution.items() if n in names},
+                      self.notes)
+
+
+def build(eval_config, mesh, batch_size: int) -> Evaluators:
+  """The declared evaluators, with their feature networks loaded once each (shared)."""
+  from gankd_jax.metrics.features import FeatureExtractor
+  specs = parse(eval_config.evaluators)
+  networks: dict[str, FeatureNetwork | str] = {}
+  distribution, notes = {}, []
+  for spec in specs:
+    if spec.type not in DISTRIBUTION_TYPES or spec.every == OFF:
+      continue
+    if spec.features not in networks:
+      try:
+        apply, variables, path = FEATURE_LOADERS[spec.features](eval_config)
+        networks[spec.features] = FeatureNetwork(
+            spec.features, FeatureExtractor(apply, variables, batch_size, mesh), path)
+      except ValueError as error:
+        networks[spec.features] = str(error)
+    network = networks[spec.features]
+    if isinstance(network, str):
+      notes.append(f"{spec.name} skipped: {network}")
+      continue
+    distribution[spec.name] = DistributionEvaluator(spec, network, mesh)
+  return Evaluators(specs, distribution, notes)
+
+
+# --------------------------------------------------------------------------------- the pass
+@dataclasses.dataclass
+class PassResult:
+  results: dict[str, dict[str, float]]  # group -> metric -> value
+  num_examples: int
+  columns: list[np.ndarray]             # Sample-grid columns.
+  roles: list[str]                      # Generator roles the method returned.
+
+
+def make_eval_step(method, mesh, specs: list[EvaluatorSpec]):
+  """Jitted `(state, batch, frozen) -> (batch, outputs, real images, per-example metrics)`."""
+  per_example = [s for s in specs if s.type in PER_EXAMPLE_TYPES]
+
+  def step(state, batch, frozen):
+    outputs = method.generate(state, batch, frozen)
+    targets = method.paired_targets(batch, outputs)
+    metrics = {}
+    for spec in per_example:
+      roles = [r for r in outputs if spec.evaluates(r)]
+      metrics.update(PER_EXAMPLE[spec.type](outputs, targets, roles))
+    return batch, outputs, method.real_images(batch), metrics
+
+  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  # Outputs replicated so every process can read the whole batch without extra collectives.
+  return jax.jit(step, in_shardings=(rep, shard, rep), out_shardings=rep)
+
+
+def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators, *,
+                    batch_size: int, max_examples: int = 0, num_sample_images: int = 8,
+                    eval_step=None) -> PassResult:
+  """One pass over the first `max_examples` (0: all) examples of `dataset`: per-example means,
+  distribution metrics and the sample grid's columns. Every process computes it."""
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  num_examples = min(dataset.num_examples, max_examples or dataset.num_examples)
+  eval_step = eval_step or make_eval_step(method, mesh, evaluators.specs)
+  passes = [e.start(num_examples) for e in evaluators.distribution.values()]
+  sums: dict[str, float] = {}
+  count, roles = 0, []
+  samples = visualize.SampleRows(num_examples, num_sample_images)
+  for local in pipeline.eval_batches(dataset, batch_size, jax.process_index(),
+                                     jax.process_count(), max_examples=num_examples):
+    on_device = eval_step(state, parallel.global_batch(local, mesh), frozen)
+    batch, outputs, _, per_example = jax.device_get(on_device)
+    roles = roles or [role for role in method.generator_roles if role in outputs]
+    mask = np.asarray(batch["mask"], bool)
+    if passes:  # Features from the device arrays: no host round trip.
+      features_of = _feature_cache(on_device[1], on_device[2])
+      for evaluator_pass in passes:
+        evaluator_pass.update(functools.partial(features_of, evaluator_pass.owner.network),
+                              roles, mask, has_real=on_device[2] is not None)
+    for name, values in per_example.items():
+      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
+    count += int(mask.sum())
+    samples.add(len(mask), lambda: method.sample_columns(batch, outputs))
+  results: dict[str, dict[str, float]] = {}
+  for name, total in sums.items():
+    group, metric = name.split("/", 1)
+    results.setdefault(group, {})[metric] = total / max(count, 1)
+  for evaluator_pass in passes:
+    for name, value in evaluator_pass.result().items():
+      group, metric = name.split("/", 1)
+      results.setdefault(group, {})[metric] = value
+  return PassResult(results, count, samples.columns(), roles)
+
+
+def _feature_cache(outputs, real):
+  """features_of(network, role or "real") for one batch, each computed at most once."""
+  cache = {}
+
+  def features_of(network: FeatureNetwork, key: str):
+    if (network.name, key) not in cache:
+      images = real if key == "real" else outputs[key]
+      if images.shape[0] != network.extractor.batch_size:
+        images = np.asarray(jax.device_get(images))
+      cache[network.name, key] = network.extractor(images)
+    return cache[network.name, key]
+  return features_of
+
+
+def format_results(results: dict[str, dict[str, float]]) -> str:
+  return "; ".join(f"{group} " + " ".join(f"{k}={v:.4g}" for k, v in values.items())
+                   for group, values in results.items())
