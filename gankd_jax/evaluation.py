@@ -145,7 +145,8 @@ class FeatureNetwork:
   def output_dims(self) -> tuple[int, int]:
     """(feature size, number of classes or 0)."""
     shapes = jax.eval_shape(self.extractor._apply, self.extractor.variables,
-                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+                            jax.ShapeDtypeStruct((self.extractor.batch_size, 32, 32, 3),
+                                                 jnp.float32))
     return shapes["features"].shape[-1], shapes["logits"].shape[-1] if "logits" in shapes else 0
 
 
@@ -191,8 +192,8 @@ class DistributionEvaluator:
   also caches it on disk.
   """
 
-  def __init__(self, spec: EvaluatorSpec, network: FeatureNetwork, mesh):
-    self.spec, self.network, self.mesh = spec, network, mesh
+  def __init__(self, spec: EvaluatorSpec, network: FeatureNetwork):
+    self.spec, self.network = spec, network
     self.network_dim, self.num_classes = network.output_dims()
     if spec.type == "inception_score" and not self.num_classes:
       raise ValueError(f"eval.evaluators.{spec.name}: features '{spec.features}' give no class "
@@ -232,8 +233,10 @@ class DistributionEvaluator:
     if kind == "kid":
       value, std = kid.kernel_inception_distance(self.reference["rows"], accumulator.rows)
       return {"kid": value, "kid_std": std}
+    # On this process's devices: every process holds all features and computes the result.
+    local = jax.sharding.Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
     return precision_recall.precision_recall(self.reference["rows"], accumulator.rows,
-                                             k=self.spec.k, mesh=self.mesh)
+                                             k=self.spec.k, mesh=local)
 
 
 class _DistributionPass:
@@ -323,7 +326,7 @@ def build(eval_config, mesh, batch_size: int) -> Evaluators:
     if isinstance(network, str):
       notes.append(f"{spec.name} skipped: {network}")
       continue
-    distribution[spec.name] = DistributionEvaluator(spec, network, mesh)
+    distribution[spec.name] = DistributionEvaluator(spec, network)
   return Evaluators(specs, distribution, notes)
 
 

@@ -143,8 +143,15 @@ class TeacherSource:
     return f"run {self.workdir}" if self.workdir else f"weights file {self.weights}"
 
   def run_config(self) -> ml_collections.ConfigDict | None:
-    """The teacher run's config (checked to have a checkpoint); None for a weights file."""
-    return read_run_config(self.workdir) if self.workdir else None
+    """The teacher run's config, for the method to check against its own (None for a weights
+    file); then `require_checkpoint`."""
+    if not self.workdir:
+      return None
+    return ml_collections.ConfigDict(checkpointing.read_config(self.workdir))
+
+  def require_checkpoint(self) -> None:
+    if self.workdir:
+      read_run_config(self.workdir)  # One line when the run has no committed checkpoint.
 
   def load(self, expected: PyTree) -> PyTree:
     """The teacher's inference variables, checked against `expected` (abstract variables)."""

@@ -30,7 +30,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from gankd_jax import checkpointing, data, evaluation, parallel, runs, stats, visualize
+from gankd_jax import checkpointing, data, evaluation, parallel, runs, stats, visualize, xla_cpu
 from gankd_jax.data import pipeline
 from gankd_jax.methods import Method, build_method
 from gankd_jax.methods.base import WARNING
@@ -167,6 +167,8 @@ def write_summary(run: Run, state, frozen, step: int, wall_time_s: float, steps_
                "eval_examples": len(run.eval_data), "image_size": run.train_data.image_shape[0]},
       "devices": run.mesh.size,
       "processes": jax.process_count(),
+      # Bitwise results hold on one machine; across machines these decide them (README).
+      "environment": xla_cpu.environment(),
   }
   if jax.process_index() == 0:
     checkpointing.write_text_atomically(checkpointing.as_path(run.workdir) / SUMMARY_FILE,

@@ -6,14 +6,15 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from configs import aguinaldo as aguinaldo_configs
 from configs import omgd as omgd_configs
-from gankd_jax import model_stats, runs, train
+from gankd_jax import checkpointing, data, evaluation, model_stats, runs, train
 from gankd_jax.methods import base, build_method, common, omgd
+from gankd_jax.metrics import digit_classifier
 
 from conftest import tiny_aguinaldo_config, tiny_omgd_config
 
@@ -88,14 +89,45 @@ def test_on_eval_runs_before_the_checkpoint_of_the_same_step(tmp_path, monkeypat
 
 
 def test_method_declares_its_resumable_fields(tmp_path):
-  config = tiny_omgd_config(num_train_steps=2)
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  checkpointing.write_config(workdir, tiny_omgd_config(num_train_steps=2))  # As a run starts.
   longer = tiny_omgd_config(num_train_steps=4, **{"optimizer.constant_steps": 1})
   assert train.prepare(longer, workdir).resuming
   other = tiny_omgd_config(num_train_steps=4, **{"loss.lambda_ssim": 1.0})
   with pytest.raises(ValueError, match="loss.lambda_ssim"):
     train.prepare(other, workdir)
+
+
+# ------------------------------------------------------------------------------ evaluation pass
+def test_one_pass_runs_distribution_evaluators_per_role_and_sample_count():
+  """fid / kid / inception_score / precision_recall through the pass (digit-classifier features:
+  no downloads), each on its own roles and number of examples; VoL on every role."""
+  config = tiny_aguinaldo_config("mse", **{"teacher.num_train_steps": 2})
+  method = build_method(config)
+  example = {k: jnp.zeros(v.shape, v.dtype) for k, v in runs.example_batch(config.data).items()}
+  state = jax.jit(method.init_state)(jax.random.key(0), example, {})
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+  declared = {
+      "fid": {"type": "fid", "features": "digit_classifier"},
+      "is": {"type": "inception_score", "features": "digit_classifier", "roles": ("student",)},
+      "kid": {"type": "kid", "features": "digit_classifier", "num_samples": 12},
+      "pr": {"type": "precision_recall", "features": "digit_classifier", "roles": ("teacher",)},
+      "vol": {"type": "sharpness"},
+  }
+  evaluators = evaluation.build(ml_collections.ConfigDict({"evaluators": declared}), mesh, 8)
+  assert evaluators.notes == [] and set(evaluators.distribution) == {"fid", "is", "kid", "pr"}
+  dataset = data.build_dataset(config.data, "eval")
+  result = evaluation.evaluation_pass(method, state, {}, dataset, mesh, evaluators,
+                                      batch_size=8, max_examples=20, num_sample_images=2)
+  assert result.num_examples == 20 and result.roles == ["teacher", "student"]
+  teacher, student = result.results["teacher"], result.results["student"]
+  assert {"fid", "kid", "kid_std", "precision", "recall", "vol"} == set(teacher)
+  assert {"fid", "kid", "kid_std", "is", "is_std", "vol"} == set(student)
+  assert 0.0 <= teacher["precision"] <= 1.0 and 0.0 <= teacher["recall"] <= 1.0
+  assert np.isfinite(student["fid"]) and student["fid"] > 0 and 1.0 <= student["is"] <= 10.0
+  # The real side is kept for the next pass; KID's sample holds its first 12 real images only.
+  assert len(evaluators.distribution["kid"].reference["rows"]) == 12
+  assert evaluators.distribution["fid"].reference["mu"].shape == (digit_classifier.NUM_FEATURES,)
 
 
 # ------------------------------------------------------------------------------ teacher source
@@ -126,9 +158,14 @@ def test_teacher_from_a_weights_file(tmp_path):
 
 # ------------------------------------------------------------------------------ commands
 def all_configs():
-  for name, module in (("omgd", omgd_configs), ("aguinaldo", aguinaldo_configs)):
+  """Every variant of every method config in configs/ (each lists its VARIANTS)."""
+  import importlib
+  for file in sorted(os.listdir(os.path.join(REPO, "configs"))):
+    if not file.endswith(".py") or file in ("base.py", "__init__.py"):
+      continue
+    module = importlib.import_module(f"configs.{file[:-3]}")
     for variant in module.VARIANTS:
-      yield f"{name}:{variant}", module.get_config(variant)
+      yield f"{file[:-3]}:{variant}", module.get_config(variant)
 
 
 @pytest.mark.parametrize("name,config", list(all_configs()), ids=lambda v: v if isinstance(v, str) else "")

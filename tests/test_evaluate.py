@@ -62,7 +62,8 @@ def run(env):
       "log_every": 1, "checkpoint_every": 1, "eval.max_examples": NUM_EXAMPLES,
       # 2 devices: a 10-example batch is not padded to 16 (8 devices): less Inception work.
       "num_devices": 2, "eval.batch_size": NUM_EXAMPLES, "eval.inception_weights": env["weights"],
-      "eval.evaluators": ("paired", "sharpness", "fid", "inception_score", "kid")})
+      **{f"eval.evaluators.{name}.every": 0 for name in ("sharpness", "fid", "inception_score",
+                                                         "kid")}})
   workdir = str(env["root"] / "run")
   summary = train.train_and_evaluate(config, workdir)
   return {"workdir": workdir, "summary": summary}
@@ -82,7 +83,7 @@ def test_training_loop_runs_declared_distribution_evaluators(run):
 
 def test_missing_inception_weights_give_a_note_not_an_error(env):
   """The loop's distribution evaluators offline with an empty cache (env): skipped, one line each."""
-  config = tiny_config(**{"eval.evaluators": ("paired", "fid", "kid")})
+  config = tiny_config(**{"eval.evaluators.fid.every": 0, "eval.evaluators.kid.every": 0})
   evaluators = evaluation.build(config.eval, None, 8)
   assert evaluators.distribution == {}
   assert [note.split(":")[0] for note in evaluators.notes] == ["fid skipped", "kid skipped"]

@@ -42,7 +42,7 @@ def evaluated(tmp_path_factory):
     patch.setattr(aguinaldo.Aguinaldo, "real_images",
                   lambda self, batch: real_batches.append(batch) or real_images(self, batch))
     config = tiny_config("mse", num_train_steps=2, checkpoint_every=1, log_every=1,
-                         **{"teacher.num_train_steps": 1, "eval.evaluators": ()})
+                         **{"teacher.num_train_steps": 1, "eval.evaluators.sharpness.every": -1})
     workdir = str(root / "run")
     summary = train.train_and_evaluate(config, workdir)
     record = evaluate.evaluate(workdir, num_samples=NUM_EVALUATED,

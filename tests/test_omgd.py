@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gankd_jax import parallel
-from gankd_jax.losses import gan, image
+from gankd_jax.losses import gan, image, perceptual
 from gankd_jax.methods import build_method
 from gankd_jax.methods.common import step_rng
 from gankd_jax.methods.omgd import TEACHER_ROLES
+from conftest import tiny_omgd_config
 from test_train import fixed_batch, tiny_config
 
 
@@ -52,8 +53,8 @@ def test_fused_adversarial_gradients_equal_the_reference_formulation():
   method = build_method(config)
   batch = fixed_batch(config, mesh)
   state = jax.jit(method.init_state)(jax.random.key(1), batch, {})
-  _, teacher_grads, (d_grads, _), _ = jax.jit(method._adversarial_gradients)(
-      state, batch["A"], batch["B"])
+  adversarial = jax.jit(method._adversarial_gradients)(state, batch["A"], batch["B"])
+  teacher_grads, d_grads = adversarial.generator_grads, adversarial.discriminator_grads
   expected_teacher, expected_d = jax.jit(reference_gradients, static_argnums=0)(
       method, state, batch["A"], batch["B"])
   for got, want in ((teacher_grads, expected_teacher), (d_grads, expected_d)):
@@ -72,7 +73,7 @@ def test_vgg_weights_file_turns_the_perceptual_terms_on(tmp_path):
   path = tmp_path / "vgg16-397923af.pth"
   torch_pth.save_state_dict(path, state_dict)
 
-  config = tiny_config(**{"vgg.weights": str(path)})
+  config = tiny_config(**{"vgg.weights": str(path), "loss.lambda_cd": 0.0})
   method = build_method(config)
   assert {"style", "feature"} <= set(method.active_losses())
   assert any(str(path) in note.text and note.level == "info" for note in method.notes())
@@ -82,8 +83,20 @@ def test_vgg_weights_file_turns_the_perceptual_terms_on(tmp_path):
   state = jax.jit(method.init_state)(jax.random.key(0), batch, frozen)
   jax.tree_util.tree_map(np.testing.assert_array_equal, frozen["vgg"], jax.device_get(params))
   _, metrics = jax.jit(method.train_step, static_argnums=3)(state, batch, frozen, False)
-  assert np.isfinite(metrics["student/style"]) and metrics["student/style"] > 0
-  assert np.isfinite(metrics["student/feature"]) and metrics["student/feature"] > 0
+  assert np.isfinite(metrics["student/style"]) and np.isfinite(metrics["student/feature"])
+  # The terms are the Gram / relu2_2 L1 of these VGG features, weighted, summed over teachers.
+  targets = [jnp.tanh(batch["B"]), -jnp.tanh(batch["B"])]
+  _, (terms, _, fake) = jax.jit(method._student_loss)(
+      state.student.params, state.student.batch_stats, batch["A"], targets, None, frozen,
+      step_rng(state))
+  features = lambda images: method.vgg.apply({"params": frozen["vgg"]}, images)  # noqa: E731
+  cfg = config.loss
+  style = sum(cfg.lambda_style * perceptual.style_loss(features(fake), features(t)) for t in targets)
+  feature = sum(cfg.lambda_feature * perceptual.feature_loss(features(fake), features(t))
+                for t in targets)
+  np.testing.assert_allclose(terms["student/style"], style, rtol=1e-5)
+  np.testing.assert_allclose(terms["student/feature"], feature, rtol=1e-5)
+  assert float(terms["student/style"]) > 0 and float(terms["student/feature"]) > 0
 
 
 def test_missing_vgg_file_named_is_an_error():
@@ -111,17 +124,12 @@ def test_default_setup_starts_with_students_unlike_their_teachers():
   """The default (U-Net family, instance norm) evaluates like it trains: at step 0 each generator
   prints its own random image, not the flat grey of fresh batch-norm running statistics, so the
   student-teacher distances logged at step 0 are a real starting point."""
-  from configs import omgd as omgd_config
-  config = omgd_config.get_config()
+  config = tiny_omgd_config("", batch_size=2)  # The default variant, tiny widths.
   assert all(config[role].norm == "instance" for role in ("teacher_wide", "teacher_deep", "student"))
-  for key, value in {"data.crop_size": 32, "teacher_wide.ngf": 8, "teacher_deep.ngf": 4,
-                     "student.ngf": 4, "discriminator.ndf": 8, "batch_size": 2}.items():
-    section, field = key.split(".") if "." in key else (None, key)
-    (config[section] if section else config)[field] = value
   method = build_method(config)
   batch = fixed_batch(config, parallel.make_mesh(1))
   state = jax.jit(method.init_state)(jax.random.key(0), batch, {})
-  outputs = jax.jit(method.generate)(state, batch)
+  outputs = jax.jit(method.generate)(state, batch, {})
   for role, image_out in outputs.items():
     assert float(jnp.std(image_out)) > 0.05, role
   assert float(jnp.mean(jnp.abs(outputs["student"] - outputs["teacher_wide"]))) > 0.05

@@ -110,6 +110,21 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
   assert resumed["eval_start"] == straight["eval_start"]
 
 
+def test_evaluations_and_checkpoints_do_not_touch_the_training(tmp_path):
+  """The same config with an evaluation and a checkpoint after every step (and the data read by
+  one thread instead of two) trains bit for bit the same parameters: what the loop does between
+  steps never enters them (README, "Reproducible runs")."""
+  quiet = train.train_and_evaluate(tiny_config(), str(tmp_path / "quiet"))
+  busy = train.train_and_evaluate(
+      tiny_config(eval_every=1, checkpoint_every=1, **{"data.num_threads": 1}),
+      str(tmp_path / "busy"))
+  for role, net in quiet["networks"].items():
+    assert busy["networks"][role]["param_fingerprint"] == net["param_fingerprint"], role
+  assert busy["eval_end"] == quiet["eval_end"]
+  environment = quiet["environment"]
+  assert environment["cpus"] >= 1 and environment["jax"] == jax.__version__
+
+
 def _main(args, **kwargs):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
   return subprocess.run([sys.executable, "-m", "gankd_jax.main", *args], cwd=REPO, env=env,

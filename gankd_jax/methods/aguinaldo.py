@@ -129,15 +129,17 @@ class Aguinaldo(Method):
     if self.teacher_source and self.teacher_source.workdir:
       stored = self.teacher_source.run_config()
       check_teacher_run(self.teacher_source.workdir, stored, config)
+      self.teacher_source.require_checkpoint()
       teacher_d = stored.teacher.d
     elif uses_teacher and not self.teacher_source:
       self.teacher_steps = int(config.teacher.num_train_steps)
       if self.teacher_steps <= 0 or self.teacher_steps >= config.num_train_steps:
         raise ValueError(
-            f"teacher.workdir is empty, so the teacher trains first in this run: "
-            f"teacher.num_train_steps ({self.teacher_steps}) must be in (0, num_train_steps="
-            f"{config.num_train_steps}); set --config.teacher.workdir=DIR (a teacher run) or "
-            f"--config.num_train_steps={max(self.teacher_steps, 0) + config.num_train_steps}")
+            f"teacher.workdir and teacher.weights are empty, so the teacher trains first in "
+            f"this run: teacher.num_train_steps ({self.teacher_steps}) must be in (0, "
+            f"num_train_steps={config.num_train_steps}); set --config.teacher.workdir=DIR (a "
+            f"teacher run), --config.teacher.weights=FILE.npz or --config.num_train_steps="
+            f"{max(self.teacher_steps, 0) + config.num_train_steps}")
     if teacher_d <= 0 and self.mode != "scratch":
       raise ValueError("teacher.d (the depth scale factor) must be a positive integer, got 0")
 

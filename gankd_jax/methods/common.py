@@ -6,10 +6,10 @@ Nothing here knows a particular method; a method file combines these with its ow
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,7 +87,7 @@ def linear_decay(config: ml_collections.ConfigDict, num_train_steps: int) -> opt
 
 
 # --------------------------------------------------------------------------------- adversarial
-@dataclasses.dataclass
+@flax.struct.dataclass
 class AdversarialGradients:
   fakes: PyTree            # The generators' outputs (forward with the pre-update parameters).
   generator_aux: PyTree    # What the generators' forward returned beside them.
