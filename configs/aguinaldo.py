@@ -32,7 +32,13 @@ def get_config(variant: str = "teacher") -> ml_collections.ConfigDict:
   config.nz = 100                     # Latent size (DCGAN's).
   config.batch_size = 64              # WGAN-GP's and DCGAN's batch.
   # Critic steps (generator updates = steps / loss.n_critic; mse: one per step).
-  config.num_train_steps = 5000 if variant in ("teacher", "joint", "scratch") else 1000
+  # Every step of the run. The student's budget: 5000 critic steps (adversarial) or 1000 MSE steps;
+  # mse / joint as they stand train their teacher first in the run (teacher.workdir empty), so
+  # their count includes its 5000 steps. With --config.teacher.workdir (or .weights) set, set
+  # --config.num_train_steps to the student's budget alone.
+  student_steps = 5000 if variant in ("teacher", "joint", "scratch") else 1000
+  in_run_teacher_steps = 5000 if variant in ("mse", "joint") else 0
+  config.num_train_steps = student_steps + in_run_teacher_steps
   config.log_every = 100
   config.eval_every = 1000
   config.checkpoint_every = 1000
@@ -43,7 +49,8 @@ def get_config(variant: str = "teacher") -> ml_collections.ConfigDict:
   config.teacher.d = 32               # Depth scale factor: widths 4d, 2d, d at 32 px.
   config.teacher.workdir = ""         # A teacher run to distil; "" trains one first in this run.
   config.teacher.weights = ""         # Or a teacher generator's variables .npz (runs.save_variables).
-  config.teacher.num_train_steps = 5000  # Only when workdir is "": teacher steps before the student's.
+  # Only when workdir and weights are "": teacher steps before the student's.
+  config.teacher.num_train_steps = in_run_teacher_steps or 5000
   config.student = ml_collections.ConfigDict()
   config.student.d = 4
   config.discriminator = ml_collections.ConfigDict()
