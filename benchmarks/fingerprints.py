@@ -33,12 +33,7 @@ HINGE = {"loss.gan": "hinge", "loss.n_critic": 1, "discriminator.norm": "batch"}
 
 
 def override(config, fields):
-  for key, value in fields.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 

@@ -32,12 +32,7 @@ TINY_AGUINALDO = {
 
 def override(config, overrides: dict):
   """Sets dotted fields ("a.b": value) of an ml_collections config; returns it."""
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
