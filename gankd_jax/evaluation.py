@@ -144,9 +144,7 @@ class FeatureNetwork:
 
   def output_dims(self) -> tuple[int, int]:
     """(feature size, number of classes or 0)."""
-    shapes = jax.eval_shape(self.extractor._apply, self.extractor.variables,
-                            jax.ShapeDtypeStruct((self.extractor.batch_size, 32, 32, 3),
-                                                 jnp.float32))
+    shapes = self.extractor.output_shapes()
     return shapes["features"].shape[-1], shapes["logits"].shape[-1] if "logits" in shapes else 0
 
 

@@ -40,18 +40,24 @@ def cheap_frechet_bound(mu1, sigma1, mu2, sigma2, eps=1e-6):
   return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2))
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  """Offline, an empty cache, the cheap Frechet bound; the seeded weights as a file."""
-  root = tmp_path_factory.mktemp("evaluate")
+def offline_inception_env(patch, root) -> str:
+  """Offline, an empty cache under `root`, the cheap Frechet bound; returns the path of the
+  seeded Inception weights written as a .pth."""
   weights = root / "pt_inception-seeded.pth"
   save_state_dict(weights, inception_state_dict())
+  patch.setattr(fid, "frechet_distance", cheap_frechet_bound)
+  patch.setenv(download.CACHE_ENV, str(root / "cache"))
+  patch.setenv(download.OFFLINE_ENV, "1")
+  return str(weights)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  root = tmp_path_factory.mktemp("evaluate")
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(fid, "frechet_distance", cheap_frechet_bound)
-    patch.setenv(download.CACHE_ENV, str(root / "cache"))
-    patch.setenv(download.OFFLINE_ENV, "1")
+    weights = offline_inception_env(patch, root)
     patch.setenv("HOME", str(root))  # No torch hub cache to find weights in.
-    yield {"root": root, "weights": str(weights)}
+    yield {"root": root, "weights": weights}
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,10 @@ import pytest
 
 from gankd_jax import evaluate, train
 from gankd_jax.methods import aguinaldo
-from gankd_jax.metrics import fid
-from gankd_jax.weights import download
-from gankd_jax.weights.torch_pth import save_state_dict
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_aguinaldo import tiny_config  # noqa: E402
-from test_evaluate import cheap_frechet_bound  # noqa: E402
-from test_inception import inception_state_dict  # noqa: E402
+from test_evaluate import offline_inception_env  # noqa: E402
 
 NUM_EVALUATED = 4
 
@@ -31,12 +27,8 @@ NUM_EVALUATED = 4
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
   root = tmp_path_factory.mktemp("unconditional")
-  weights = root / "pt_inception-seeded.pth"
-  save_state_dict(weights, inception_state_dict())
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(fid, "frechet_distance", cheap_frechet_bound)
-    patch.setenv(download.CACHE_ENV, str(root / "cache"))
-    patch.setenv(download.OFFLINE_ENV, "1")
+    weights = offline_inception_env(patch, root)
     real_batches = []  # What the method was asked for real images (at trace time).
     real_images = aguinaldo.Aguinaldo.real_images
     patch.setattr(aguinaldo.Aguinaldo, "real_images",

@@ -25,6 +25,11 @@ class FeatureExtractor:
                                                   parallel.batch_sharded(self.mesh)),
                           out_shardings=parallel.replicated(self.mesh))
 
+  def output_shapes(self, image_shape=(32, 32, 3)) -> Any:
+    """The outputs' shapes for a full batch of `image_shape` images (nothing is computed)."""
+    images = jax.ShapeDtypeStruct((self.batch_size, *image_shape), np.float32)
+    return jax.eval_shape(self._apply, self.variables, images)
+
   def __call__(self, images) -> Any:
     """Features of up to `batch_size` images (N, H, W, C); a pytree of (N, ...) numpy arrays.
 
