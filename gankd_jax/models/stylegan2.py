@@ -15,10 +15,11 @@ reference checkpoint loads without conversion of values:
   per-sample fused form mathematically and needs no grouped convolution.
 - FIR resampling (`upfirdn2d`, `upsample2d`, `downsample2d`, `filter2d`) follows the reference's
   padding / gain / flip conventions, computed separably as shifted slices and sums (polyphase
-  for upsampling) rather than as a dense depthwise convolution: the [1, 3, 3, 1] filter has only
-  4 taps per axis, and on CPU a 256x256x64 upsample + filter, forward and backward, took
-  ~9x less time this way than as a depthwise conv on the zero-stuffed image (see the report
-  in the commit that added this file; numbers in `tests/test_stylegan2_model.py`'s docstring).
+  for upsampling) rather than as a dense depthwise convolution: the [1, 3, 3, 1] filter has 4
+  taps per axis. On CPU (2 shared cores, batch 2, C = 64, jit, forward + backward) the upsample
+  128 -> 256 took 107 ms this way vs 2853 ms as a depthwise 4x4 conv of the zero-stuffed
+  image, the downsample 256 -> 128 88 vs 2556 ms; a whole 256-px SynthesisBlock 2.1 vs 7.2 s and
+  DiscriminatorBlock 2.2 vs 8.0 s.
 - Only what changes precision or speed in the reference (num_fp16_res, fp16_channels_last) is
   accepted and ignored; everything is computed in float32.
 """
