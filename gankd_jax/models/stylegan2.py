@@ -12,7 +12,9 @@ reference checkpoint loads without conversion of values:
   [1, 3, 3, 1] filter in code here.
 - Modulated convolutions use the reference's training form (scale the input by the styles, one
   shared convolution, scale the output by the demodulation coefficients), which equals the
-  per-sample fused form mathematically and needs no grouped convolution.
+  per-sample fused form mathematically and needs no grouped convolution. The up-sampling conv
+  (the reference's stride-2 transposed conv, then the FIR filter) runs the transposed conv in
+  the sub-pixel form of `layers.conv_transpose_subpixel` (no lhs-dilated conv).
 - FIR resampling (`upfirdn2d`, `upsample2d`, `downsample2d`, `filter2d`) follows the reference's
   padding / gain / flip conventions, computed separably as shifted slices and sums (polyphase
   for upsampling) rather than as a dense depthwise convolution: the [1, 3, 3, 1] filter has 4
