@@ -457,11 +457,14 @@ def build_module(network: Network, init_kwargs: Mapping[str, Any] | None = None)
   """Our Flax module for a network record (init kwargs overridden by `init_kwargs`)."""
   from gankd_jax.models import stylegan2  # pylint: disable=import-outside-toplevel
   kwargs = _override(network.init_kwargs, init_kwargs)
-  if network.class_name == "Generator":
-    return stylegan2.generator_from_kwargs(kwargs)
-  if network.class_name == "Discriminator":
-    return stylegan2.discriminator_from_kwargs(kwargs)
-  raise ValueError(f"a {network.class_name} is not a StyleGAN2 Generator or Discriminator")
+  build = {"Generator": stylegan2.generator_from_kwargs,
+           "Discriminator": stylegan2.discriminator_from_kwargs}.get(network.class_name)
+  if build is None:
+    raise ValueError(f"a {network.class_name} is not a StyleGAN2 Generator or Discriminator")
+  try:
+    return build(kwargs)
+  except TypeError as error:  # e.g. a required argument missing from the pickled kwargs.
+    raise ValueError(f"{network.class_name} init kwargs {sorted(kwargs)}: {error}") from None
 
 
 def load_network(path: str | os.PathLike, which: str = "G_ema", *,
