@@ -67,7 +67,7 @@ def split_network(network: str) -> tuple[str, str | None]:
   if os.path.exists(network):
     return network, None
   head, sep, role = network.rpartition(":")
-  if sep and os.path.isdir(head) and role:
+  if sep and role and os.path.exists(head):
     return head, role
   raise ValueError(f"--network: no such file or run directory: {network}")
 

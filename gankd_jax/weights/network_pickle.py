@@ -237,7 +237,7 @@ def read_network_pickle(path: str | os.PathLike) -> NetworkPickle:
   if not isinstance(data, dict):
     raise ValueError(f"{path} holds a {type(data).__name__}, not a StyleGAN2-ADA network pickle "
                      "(a dict with G, D, G_ema)")
-  present = [key for key in NETWORK_KEYS if key in data]
+  present = [key for key in NETWORK_KEYS if data.get(key) is not None]
   if not present:
     raise ValueError(f"{path} has no G, G_ema or D (keys: {', '.join(map(str, data))[:100]}); "
                      "not a StyleGAN2-ADA network pickle")
