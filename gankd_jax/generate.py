@@ -116,32 +116,38 @@ def class_label(c_dim: int, class_idx: int | None):
 
 
 @functools.lru_cache(maxsize=None)
-def _synthesize_fn():
+def _jitted_apply():
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   @functools.partial(jax.jit, static_argnames=("module", "noise_mode"))
-  def synthesize(module, variables, z, c, truncation_psi, key, noise_mode):
-    img = module.apply(variables, z, c, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                       rngs={"noise": key})
-    return jnp.clip(img * 127.5 + 128, 0, 255)
-  return synthesize
+  def apply(module, variables, z, c, truncation_psi, key, noise_mode):
+    return module.apply(variables, z, c, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                        rngs={"noise": key})
+  return apply
+
+
+def synthesize(module, variables, z, c, *, truncation_psi: float = 1.0, noise_mode: str = "const",
+               seed: int = 0):
+  """G(z, c) as float NHWC images, compiled once per module and noise mode (psi is traced)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  return _jitted_apply()(module, variables, np.asarray(z, np.float32), np.asarray(c, np.float32),
+                         np.float32(truncation_psi), jax.random.PRNGKey(seed), noise_mode)
 
 
 def images(module, variables, seeds, *, truncation_psi: float = 1.0, noise_mode: str = "const",
            class_idx: int | None = None):
   """Yields (seed, uint8 HWC image) per seed, as the reference's generate.py computes them."""
-  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   if noise_mode not in NOISE_MODES:
     raise ValueError(f"--noise-mode: {noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
   label = class_label(module.c_dim, class_idx)
-  synthesize = _synthesize_fn()
   for seed in seeds:
-    z = np.random.RandomState(seed).randn(1, module.z_dim).astype(np.float32)
-    img = synthesize(module, variables, z, label, np.float32(truncation_psi),
-                     jax.random.PRNGKey(seed), noise_mode)
-    yield seed, np.asarray(img)[0].astype(np.uint8)  # Truncates, as torch's .to(torch.uint8).
+    z = np.random.RandomState(seed).randn(1, module.z_dim)
+    img = np.asarray(synthesize(module, variables, z, label, truncation_psi=truncation_psi,
+                                noise_mode=noise_mode, seed=seed))[0]
+    # float32 arithmetic, then truncation toward zero, as torch's .clamp(0, 255).to(torch.uint8).
+    yield seed, (img * np.float32(127.5) + np.float32(128)).clip(0, 255).astype(np.uint8)
 
 
 def generate(network: str, seeds, outdir: str, *, truncation_psi: float = 1.0,
