@@ -158,6 +158,9 @@ def test_unknown_globals_are_refused(tmp_path):
   path.write_bytes(b"\x80\x02cdnnlib.tflib.network\nNetwork\n)\x81.")
   with pytest.raises(ValueError, match=r"pickle calls dnnlib\.tflib\.network\.Network \(a TensorFlow"):
     read_network_pickle(path)
+  path.write_bytes(b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00U3\x85R.")  # allowed name, bad value
+  with pytest.raises(ValueError, match=r"x\.pkl: numpy dtype 'U3' is not numeric"):
+    read_network_pickle(path)
   path.write_bytes(b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.")
   with pytest.raises(ValueError, match=r"pickle calls builtins\.eval"):
     read_network_pickle(path)

@@ -185,8 +185,9 @@ def unpickle(path: str | os.PathLike) -> Any:
   unpickler = _NetworkUnpickler(io.BytesIO(data), path, extra_globals=_extra_globals(path))
   try:
     return unpickler.load()
-  except ValueError:
-    raise
+  except ValueError as error:  # Our stand-ins' complaints name no file: add it.
+    message = str(error)
+    raise ValueError(message if path in message else f"{path}: {message}") from None
   except Exception as error:  # pylint: disable=broad-except
     raise ValueError(f"{path}: cannot unpickle (truncated or corrupt: {type(error).__name__}: "
                      f"{str(error)[:80]})") from None
