@@ -99,7 +99,7 @@ def load_generator(network: str):
   return network_pickle.load_network(path, "G_ema")
 
 
-def class_label(c_dim: int, class_idx: int | None):
+def class_label(c_dim: int, class_idx: int | None, *, warn: bool = True):
   """The [1, c_dim] one-hot label (zeros for an unconditional network)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   label = np.zeros([1, c_dim], np.float32)
@@ -110,7 +110,7 @@ def class_label(c_dim: int, class_idx: int | None):
     if not 0 <= class_idx < c_dim:
       raise ValueError(f"--class: {class_idx} is not a class of this network (0..{c_dim - 1})")
     label[0, class_idx] = 1
-  elif class_idx is not None:
+  elif class_idx is not None and warn:
     print("warning: --class ignored: the network is unconditional", file=sys.stderr)
   return label
 
@@ -141,7 +141,7 @@ def images(module, variables, seeds, *, truncation_psi: float = 1.0, noise_mode:
   import numpy as np  # pylint: disable=import-outside-toplevel
   if noise_mode not in NOISE_MODES:
     raise ValueError(f"--noise-mode: {noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
-  label = class_label(module.c_dim, class_idx)
+  label = class_label(module.c_dim, class_idx, warn=False)  # generate() warned already.
   for seed in seeds:
     z = np.random.RandomState(seed).randn(1, module.z_dim)
     img = np.asarray(synthesize(module, variables, z, label, truncation_psi=truncation_psi,
