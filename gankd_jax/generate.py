@@ -4,9 +4,10 @@
       --outdir=DIR [--trunc=1.0] [--noise-mode=const|random|none] [--class=N]
 
 --network: a StyleGAN2-ADA network pickle (its G_ema, read without torch and without running the
-code it carries: weights/network_pickle.py), a torch.save state dict of a generator, or one of our
-StyleGAN2 runs (WORKDIR: the EMA generator of its latest checkpoint; WORKDIR:role another
-generator of the run's state).
+code it carries: weights/network_pickle.py), a torch.save state dict of a generator, or a run
+directory of ours: a StyleGAN2 run's EMA generator (role `generator`) of its latest checkpoint, or
+any unconditional generator role of another method's run (WORKDIR:role, e.g. runs/mse_d4:student;
+those take no --trunc, --noise-mode or --class).
 
 For each seed, as NVlabs/stylegan2-ada-pytorch's generate.py does:
 z = np.random.RandomState(seed).randn(1, z_dim), the one-hot label of --class (required by a
@@ -20,6 +21,7 @@ Bad input (seeds, class, network) is one line on stderr and exit status 2, befor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -31,7 +33,6 @@ from gankd_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
 NOISE_MODES = ("const", "random", "none")
-DEFAULT_ROLE = "generator_ema"
 MAX_SEED = 2**32 - 1  # np.random.RandomState's seed range.
 
 
@@ -72,27 +73,47 @@ def split_network(network: str) -> tuple[str, str | None]:
   raise ValueError(f"--network: no such file or run directory: {network}")
 
 
-def _workdir_generator(workdir: str, role: str):
-  """(module, variables) of generator `role` of one of our StyleGAN2 runs' latest checkpoint."""
+@dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity: a static jit argument.
+class LatentGenerator:
+  """A run's unconditional generator other than StyleGAN2 (e.g. a DCGAN): z -> images, with no
+  labels, truncation or noise. Has the StyleGAN2 module's `apply` signature for `synthesize`."""
+  network: object  # methods.base.Network (apply_fn, variables, input_shape)
+  z_dim: int
+  c_dim: int = 0
+
+  def apply(self, variables, z, c, truncation_psi, noise_mode, rngs):
+    del c, truncation_psi, noise_mode, rngs
+    return self.network.apply_fn(variables, z)
+
+
+def _workdir_generator(workdir: str, role: str | None):
+  """(module, variables) of a latent generator role of one of our runs' latest checkpoint."""
   from gankd_jax import runs  # pylint: disable=import-outside-toplevel
   from gankd_jax.models import stylegan2  # pylint: disable=import-outside-toplevel
   restored = runs.restore_run(workdir)
-  module = getattr(restored.method, "generator", None)
-  variables = getattr(restored.state, role, None)
-  if not isinstance(module, stylegan2.Generator) or variables is None:
-    raise ValueError(f"--network: {workdir} is a {restored.config.method} run without a StyleGAN2 "
-                     f"generator `{role}` (needs method.generator and state.{role})")
-  if callable(getattr(variables, "variables", None)):
-    variables = variables.variables()
-  return module, variables
+  method, roles = restored.method, restored.method.generator_roles
+  if role is None:
+    if len(roles) != 1:
+      raise ValueError(f"--network: {workdir} has the generator roles {', '.join(roles)}; name one "
+                       f"as {workdir}:ROLE")
+    role = roles[0]
+  if role not in roles:
+    raise ValueError(f"--network: {workdir} (a {restored.config.method} run) has no generator role "
+                     f"'{role}'; its roles: {', '.join(roles)}")
+  if isinstance(getattr(method, "generator", None), stylegan2.Generator):
+    return method.generator, restored.state.generator_ema
+  network = method.networks(restored.state, restored.frozen)[role]
+  if len(network.input_shape) != 1:
+    raise ValueError(f"--network: {workdir}:{role} translates images (its input is "
+                     f"{'x'.join(map(str, network.input_shape))}), it does not generate from a latent")
+  return LatentGenerator(network, network.input_shape[0]), network.variables
 
 
 def load_generator(network: str):
   """(module, variables) of the generator --network names."""
   path, role = split_network(network)
   if os.path.isdir(path):
-    module, variables = _workdir_generator(path, role or DEFAULT_ROLE)
-    return module, variables
+    return _workdir_generator(path, role)
   if role is not None:
     raise ValueError(f"--network: {path} is a file; ':{role}' only names a run's generator")
   from gankd_jax.weights import network_pickle  # pylint: disable=import-outside-toplevel
@@ -158,6 +179,9 @@ def generate(network: str, seeds, outdir: str, *, truncation_psi: float = 1.0,
     raise ValueError(f"--noise-mode: {noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
   module, variables = load_generator(network)
   class_label(module.c_dim, class_idx)  # Checked before any compute.
+  if isinstance(module, LatentGenerator) and (truncation_psi != 1.0 or noise_mode != "const"):
+    raise ValueError(f"--trunc and --noise-mode apply to StyleGAN2 generators only; {network} is "
+                     "another kind (leave them at 1.0 and const)")
   os.makedirs(outdir, exist_ok=True)
   paths = []
   for seed, img in images(module, variables, seeds, truncation_psi=truncation_psi,

@@ -403,7 +403,8 @@ def read_network(path: str | os.PathLike, which: str = "G_ema") -> Network:
 
 
 # ------------------------------------------------------------------------ Flax module + variables
-def _abstract_variables(module, kind: str):
+def abstract_variables(module, kind: str):
+  """The variables `module` (a StyleGAN2 'Generator' or 'Discriminator') has, as shapes."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   key = jax.random.PRNGKey(0)
@@ -476,5 +477,16 @@ def load_network(path: str | os.PathLike, which: str = "G_ema", *,
   network = read_network(path, which)
   module = build_module(network, init_kwargs)
   where = f"{path}:{which}"
-  return module, variables_from_state_dict(network.state_dict, _abstract_variables(module, network.class_name),
+  return module, variables_from_state_dict(network.state_dict, abstract_variables(module, network.class_name),
                                            where)
+
+
+def load_into(path: str | os.PathLike, which: str, module) -> dict:
+  """Variables of network `which` of a pickle for *our* `module` (e.g. the architecture a training
+  config describes, to fine-tune from the pickle): a tensor the module lacks, or of another shape,
+  is a one-line error naming it."""
+  path = os.fspath(path)
+  network = read_network(path, which)  # Checks that `which` is the kind it names.
+  where = f"{path}:{which} (for this config's {network.class_name.lower()})"
+  return variables_from_state_dict(network.state_dict,
+                                   abstract_variables(module, network.class_name), where)
