@@ -55,7 +55,10 @@ def _set_networks(config, family: str, ngf_wide: int, ngf_deep: int, ngf_student
                   norm: str | None = None):
   wide, deep, student, reference_norm, n_share, lambda_cd = FAMILIES[family]
   norm = norm or reference_norm
-  generator = lambda name, ngf: ml_collections.ConfigDict({"name": name, "ngf": ngf, "norm": norm})
+  # num_downs: a U-Net's depth; None: log2 of data.crop_size (pix2pix). Other families ignore it.
+  generator = lambda name, ngf: ml_collections.ConfigDict(
+      {"name": name, "ngf": ngf, "norm": norm,
+       "num_downs": ml_collections.FieldReference(None, field_type=int)})
   config.teacher_wide = generator(wide, ngf_wide)
   config.teacher_deep = generator(deep, ngf_deep)
   config.student = generator(student, ngf_student)
@@ -72,7 +75,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval_every = 250
   config.checkpoint_every = 250
 
-  # Embedded edges->photo pairs at 64x64 (no download); "pix2pix_folder" + data.path for yours.
+  # Embedded edges->photo pairs at 64x64 (no download); a data.path selects pix2pix_folder.
   config.data = data.default_data_config()
   config.data.num_threads = 4
 

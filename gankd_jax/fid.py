@@ -83,7 +83,7 @@ def validate_path(path: str) -> list[str] | None:
       raise ValueError(f"statistics file {path} does not exist")
     return None
   files = list_folder_images(path)
-  validate_image_files(files)
+  validate_image_files(files, cache_for=path)
   return files
 
 

@@ -36,6 +36,12 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  from gankd_jax import preflight
+  from gankd_jax.data.images import ImageFileError
+  try:  # Before JAX and TensorFlow load (seconds): a bad field or data file fails at once.
+    notes = preflight.check(FLAGS.config)
+  except ValueError as e:
+    fail(str(e))
   from gankd_jax import runs, xla_cpu
   try:
     xla_note = xla_cpu.configure(runs.image_size(FLAGS.config.data))
@@ -51,6 +57,8 @@ def main(argv):
   from gankd_jax import train
   # Only process 0 logs progress; the others report warnings and errors only.
   logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+  for note in notes:
+    logging.info(note)
   try:
     run = train.prepare(FLAGS.config, FLAGS.workdir)
   except ValueError as e:
@@ -59,6 +67,8 @@ def main(argv):
     summary = train.train(run)
   except train.NonFiniteLossError as e:
     fail(str(e), status=1)
+  except ImageFileError as e:  # A data file changed after the check at the start.
+    fail(f"{e} (it decoded when the run started)")
   end = summary.get("eval_end") or {}
   logging.info("done: %d steps; summary in %s/summary.json", summary["steps"], FLAGS.workdir)
   if jax.process_index() == 0:

@@ -30,7 +30,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from gankd_jax import checkpointing, data, evaluation, parallel, runs, stats, visualize, xla_cpu
+from gankd_jax import (checkpointing, data, evaluation, parallel, preflight, runs, stats, visualize,
+                       xla_cpu)
 from gankd_jax.data import pipeline
 from gankd_jax.methods import Method, build_method
 from gankd_jax.methods.base import WARNING
@@ -57,6 +58,8 @@ class Run:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks the config, data, architectures and workdir; raises a one-line ValueError if bad."""
+  for note in preflight.check(config):  # Also selects the data source a data.path implies.
+    logging.info(note)
   for field in ("num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if config[field] <= 0:
       raise ValueError(f"{field} must be positive, got {config[field]}")

@@ -134,8 +134,9 @@ def resolve_split_dir(path: str, split: str, eval_split: Optional[str]) -> str:
 class AlignedFolderDataset(PairedDataset):
   """pix2pix 'aligned' folder: each file is A|B side by side; decoded lazily per example.
 
-  All files are checked (decodable, even width) when the dataset is built, in a thread pool,
-  so a broken file fails before any compute rather than hours into training.
+  All files are decoded (and their widths checked even) when the dataset is built, in a thread
+  pool and cached (images.validate_image_files), so a broken file fails before any compute
+  rather than hours into training.
   """
 
   def __init__(self, directory: str, transform: PairTransform, *, direction: str = "AtoB",
@@ -150,7 +151,7 @@ class AlignedFolderDataset(PairedDataset):
       raise ValueError(
           f"no image files ({', '.join(images.IMAGE_EXTENSIONS)}) found in {directory}")
     self.sizes = images.validate_image_files(
-        self.files, require_even_width=True, num_threads=num_threads)
+        self.files, require_even_width=True, num_threads=num_threads, cache_for=directory)
     self.num_examples = len(self.files)
 
   def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:

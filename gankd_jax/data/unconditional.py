@@ -120,7 +120,7 @@ class FolderImages(ImageDataset):
     if not self.files:
       raise ValueError(f"no image files ({', '.join(images.IMAGE_EXTENSIONS)}) found in "
                        f"{directory}")
-    images.validate_image_files(self.files, num_threads=num_threads)
+    images.validate_image_files(self.files, num_threads=num_threads, cache_for=directory)
     self.directory = directory
     self.transform = transform
     self.num_examples = len(self.files)

@@ -27,6 +27,7 @@ from gankd_jax.losses import distill, gan, image
 from gankd_jax.methods import common
 from gankd_jax.methods.base import WARNING, Method, NetState, Network, Note
 from gankd_jax.models import vgg
+from gankd_jax.preflight import generator_fields
 from gankd_jax.weights import download
 
 TEACHER_ROLES = ("teacher_wide", "teacher_deep")
@@ -62,18 +63,6 @@ def find_vgg_weights(configured: str) -> str | None:
   return download.find_cached(download.VGG16)
 
 
-def generator_fields(generator_config: ml_collections.ConfigDict, image_size: int, role: str) -> dict:
-  """Constructor fields of a generator; a U-Net's depth defaults to log2(image size) (pix2pix)."""
-  fields = generator_config.to_dict()
-  if fields.get("name", "").startswith("unet") and "num_downs" not in fields:
-    depth = int(image_size).bit_length() - 1
-    if image_size <= 0 or 2 ** depth != image_size:
-      raise ValueError(f"data.crop_size={image_size}: the {role} U-Net needs a power-of-two image "
-                       f"size (its depth is log2 of the size), or set {role}.num_downs")
-    fields["num_downs"] = depth
-  return fields
-
-
 class OMGD(Method):
   roles = ("teacher_wide", "teacher_deep", "student", "discriminator")
   generator_roles = (*TEACHER_ROLES, "student")
@@ -91,9 +80,11 @@ class OMGD(Method):
     self.generators = {}
     for role in self.generator_roles:
       fields = generator_fields(config[role], size, role)
+      models.check_width(f"{role}.ngf", fields.get("ngf"))  # Names the network.
       models.check_image_size(fields["name"], size, **{k: v for k, v in fields.items() if k != "name"})
       self.generators[role] = models.build_generator(**fields)
     models.check_discriminator_size(size)
+    models.check_width("discriminator.ndf", config.discriminator.get("ndf"))
     self.discriminator = models.build_discriminator(**config.discriminator)
     self.use_cd = config.loss.lambda_cd > 0
     if self.use_cd:
