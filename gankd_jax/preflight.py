@@ -76,7 +76,8 @@ def check_widths(config: ml_collections.ConfigDict) -> None:
     lowest = 0 if field in non_negative else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
       kind = "a non-negative" if lowest == 0 else "a positive"
-      raise ValueError(f"{field} must be {kind} integer, got {value!r}")
+      what = f"{field} (the depth scale factor)" if field.endswith(".d") else field
+      raise ValueError(f"{what} must be {kind} integer, got {value!r}")
 
 
 def largest_unet_depth(size: int) -> int:

@@ -201,6 +201,14 @@ CASES = {
         "teacher trains first in this run",
         # --config.teacher.workdir=DIR needs a trained teacher run: tests/test_aguinaldo.py.
         [["--config.num_train_steps=8"], ["--config.teacher.weights=FILE.npz"]]),
+    "teacher run and weights both given": (
+        "configs/aguinaldo.py:mse", {"teacher.workdir": "DIR", "teacher.weights": "FILE.npz"},
+        "not both", [["unset teacher.workdir"]]),  # Keeping the run instead: test_aguinaldo.py.
+    "batch norm critic under a gradient penalty": (
+        "configs/aguinaldo.py:joint", {"discriminator.norm": "batch", "teacher.weights": "FILE.npz"},
+        "cannot be used with", [["--config.discriminator.norm=layer"],
+                                ["--config.discriminator.norm=instance"],
+                                ["--config.discriminator.norm=none"]]),
 }
 
 
@@ -229,17 +237,26 @@ def test_every_suggested_fix_is_accepted(tmp_path, case):
   for fix in fixes:
     config_base, overrides = base, dict(bad)
     for flag in fix:
-      if flag == "unset data.path":
-        assert "leave data.path unset" in message
-        overrides.pop("data.path")
+      if flag.startswith("unset "):  # Said as "leave X unset" or "set one of X and Y".
+        field = flag[len("unset "):]
+        assert field in message
+        overrides.pop(field)
         continue
-      assert substitute(flag) in message or flag in message, (flag, message)
+      value = flag.split("=", 1)[1]
+      assert substitute(flag) in message or flag in message or f"'{value}'" in message, flag
       config_base, overrides = apply_flag(config_base, overrides, substitute(flag))
     config = build(config_base, overrides)
     if config.data.name in ("mnist", "cifar10", "celeb_a"):
       preflight.check(config)  # A TFDS build needs TensorFlow and the prepared data set.
     else:
       train.prepare(config, str(tmp_path / "accepted"))
+
+
+def test_use_a_new_workdir(tmp_path):
+  train.checkpointing.write_config(str(tmp_path / "run"), tiny_omgd_config())
+  with pytest.raises(ValueError, match="use a new --workdir"):
+    train.prepare(tiny_omgd_config(**{"student.ngf": 8}), str(tmp_path / "run"))
+  train.prepare(tiny_omgd_config(**{"student.ngf": 8}), str(tmp_path / "new"))
 
 
 def test_vgg_note_suggestion_turns_the_losses_on(tmp_path):
