@@ -71,6 +71,15 @@ def test_data_path_selects_the_folder_source(tmp_path, family, folder_name):
   assert not (tmp_path / "run").exists()
 
 
+def test_data_path_selects_the_folder_source_for_stylegan2(tmp_path):
+  from configs import stylegan2
+  write_images(tmp_path / "faces", 3, 40, 40)
+  config = stylegan2.get_config("small")
+  config.data.path = str(tmp_path / "faces")
+  assert preflight.check(config) and config.data.name == "image_folder"
+  assert data.build_dataset(config.data, "train").num_examples == 3
+
+
 def test_data_path_beside_a_tfds_name_is_a_conflict(tmp_path):
   config = tiny_aguinaldo_config("teacher", **{"data.name": "mnist", "data.path": str(tmp_path)})
   with pytest.raises(ValueError, match=r"data.path=.* data.name=mnist reads TFDS") as info:
