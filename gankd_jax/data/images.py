@@ -89,6 +89,7 @@ def _write_check_cache(path: str, files: dict) -> None:
     handle, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
       json.dump({"version": CHECK_CACHE_VERSION, "files": files}, stream)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes it private; the cache is shareable.
     os.replace(tmp_path, path)
   except OSError:
     pass  # A read-only cache: only the next start's speed suffers.
