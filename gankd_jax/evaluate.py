@@ -235,7 +235,7 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
   if jax.process_index() == 0:
     run_dir = checkpointing.as_path(workdir)
     checkpointing.write_text_atomically(run_dir / EVAL_FILE, json.dumps(record, indent=2))
-    visualize.save_png(visualize.image_grid(result.columns), run_dir / GRID_FILE)
+    visualize.save_png(visualize.image_grid(result.columns, labels=result.labels), run_dir / GRID_FILE)
   return record
 
 

@@ -99,7 +99,7 @@ def evaluate(run: Run, state, frozen, step: int, writer, evaluators: evaluation.
       eval_step=eval_steps[key])
   if jax.process_index() == 0:
     writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result.results).items()})
-    grid = visualize.image_grid(result.columns)
+    grid = visualize.image_grid(result.columns, labels=result.labels)
     visualize.save_png(grid, checkpointing.as_path(run.workdir) / "samples" / f"step_{step:07d}.png")
     writer.write_images(step, {"samples": grid[None]})
   logging.info("eval at step %d over %d examples: %s", step, result.num_examples,
@@ -338,7 +338,7 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
       step += 1
       if compiling:  # Timed to its end, so the steady rate starts after it.
         jax.block_until_ready(step_metrics)
-        logging.info("step %d compiled and ran in %.1f s (not counted in the ETA)", step,
+        logging.info("step %d compiled and ran in %.1f s (left out of the steady rate)", step,
                      progress.compiled(step))
       checkpoint_now = step % config.checkpoint_every == 0 or step == end_step
       sync_point = step % config.log_every == 0 or checkpoint_now
