@@ -334,8 +334,8 @@ class PassResult:
   results: dict[str, dict[str, float]]  # group -> metric -> value
   num_examples: int
   columns: list[np.ndarray]             # Sample-grid columns.
-  labels: list[str]                     # Their labels (Method.sample_columns' keys).
   roles: list[str]                      # Generator roles the method returned.
+  labels: list[str]                     # The columns' labels (Method.sample_columns' keys).
 
 
 def make_eval_step(method, mesh, specs: list[EvaluatorSpec]):
