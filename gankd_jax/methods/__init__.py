@@ -9,6 +9,7 @@ from gankd_jax.methods.base import Method
 _METHOD_MODULES = {
     "omgd": ("gankd_jax.methods.omgd", "OMGD"),
     "aguinaldo": ("gankd_jax.methods.aguinaldo", "Aguinaldo"),
+    "stylegan2": ("gankd_jax.methods.stylegan2", "StyleGAN2"),
 }
 
 

@@ -1,15 +1,27 @@
 """Read PyTorch `.pth` / `.pt` checkpoints into NumPy arrays without importing torch.
 
-The modern torch format (torch >= 1.6, `torch.save` default) is a zip archive:
-`<root>/data.pkl` is a pickle whose tensors refer, through persistent ids
-`("storage", StorageClass, key, location, numel)`, to raw little-endian buffers stored in
-`<root>/data/<key>`; `<root>/byteorder` says "little" or "big" when present.
+Two on-disk formats exist, and both are read:
+
+- zip (torch >= 1.6, `torch.save` default): `<root>/data.pkl` is a pickle whose tensors refer,
+  through persistent ids `("storage", StorageClass, key, location, numel)`, to raw little-endian
+  buffers stored in `<root>/data/<key>`; `<root>/byteorder` says "little" or "big" when present.
+- legacy (torch 0.4 - 1.5, and `_use_new_zipfile_serialization=False` since): one stream of five
+  parts, namely a pickled magic number, a pickled protocol version (1001), a pickled sys-info dict
+  (`little_endian`, type sizes), the object pickle, whose persistent ids are
+  `("storage", StorageClass, key, location, numel, view_metadata)`, a pickled list of storage
+  keys, then the raw storages in that order, each an int64 element count and its bytes. Besides
+  2017-2019 `.pth` files (pix2pix, CycleGAN), every storage inside a plain pickle of torch
+  tensors (e.g. a StyleGAN2-ADA network pickle) is such a blob: `torch.storage._load_from_bytes`.
+  The storage bytes follow the pickle that describes them, so the object pickle is read twice:
+  once to learn each storage's element type (tensors not built), then, after the raw storages are
+  read, for real. (The torch <= 0.3 tar format is refused.)
 
 Unpickling runs code, so we use a restricted unpickler: `find_class` only resolves the few
 names a tensor checkpoint needs (tensor/parameter rebuild functions, storage classes, dtypes,
 OrderedDict) to *our own* NumPy-based stand-ins, and refuses everything else with
 `ValueError("refusing to load <path>: pickle calls <module.name>")` before any call happens.
-The legacy (pre-1.6, non-zip) format is not supported; re-save such files with a recent torch.
+`RestrictedUnpickler` takes extra allowed globals, for readers of richer pickles
+(weights/network_pickle.py).
 """
 from __future__ import annotations
 
@@ -17,6 +29,7 @@ import collections
 import io
 import os
 import pickle
+import tarfile
 import zipfile
 from typing import Any, Callable, Mapping
 
@@ -65,9 +78,11 @@ class _TorchDtype:
 
 
 class _Storage:
-  """A loaded storage: its flat bytes plus the dtype the checkpoint declared for it."""
+  """A loaded storage: its flat little-endian bytes plus the dtype the checkpoint declared for it.
 
-  def __init__(self, raw: bytes, dtype: np.dtype, numel: int, where: str):
+  `raw` is None on the first pass over a legacy pickle (geometry only: tensors are not built)."""
+
+  def __init__(self, raw: bytes | None, dtype: np.dtype, numel: int, where: str):
     self.raw = raw
     self.dtype = dtype
     self.numel = numel
@@ -78,11 +93,15 @@ class _TensorClass:
   """Stand-in for the `torch.Tensor` / `torch.nn.Parameter` classes (only used as markers)."""
 
 
-def _tensor_from_storage(storage: _Storage, dtype: np.dtype, offset: int, size, stride) -> np.ndarray:
+def _tensor_from_storage(storage: _Storage, dtype: np.dtype, offset: int, size, stride) -> np.ndarray | None:
   """Materialise a (possibly strided, offset) view of a storage as a contiguous array."""
+  if not isinstance(storage, _Storage):
+    raise ValueError(f"tensor rebuilt from a {type(storage).__name__}, not a storage")
   size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
   if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
     raise ValueError(f"{storage.where}: bad tensor geometry size={size} stride={stride} offset={offset}")
+  if storage.raw is None:
+    return None
   flat = np.frombuffer(storage.raw, dtype=dtype, count=len(storage.raw) // dtype.itemsize)
   if 0 in size:
     return np.zeros(size, dtype)
@@ -142,15 +161,25 @@ def _fresh_allowed_globals() -> dict[tuple[str, str], Any]:
   return allowed
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler that resolves only allow-listed globals and reads storages from the zip."""
+StorageLoader = Callable[[_StorageType, str, int, Any], _Storage]
 
-  def __init__(self, file, path: str, read_storage: Callable[[str], bytes]):
-    super().__init__(file)
+
+def _as_str(value) -> str:
+  return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+  """Unpickler that resolves only allow-listed globals (the tensor ones plus `extra_globals`,
+  `(module, name) -> object`) and gets storages from `load_storage(type, key, numel, view)`;
+  without it, any persistent id is refused."""
+
+  def __init__(self, file, path: str, load_storage: StorageLoader | None = None,
+               extra_globals: Mapping[tuple[str, str], Any] | None = None):
+    super().__init__(file, encoding="utf-8")  # Python 2 `str` (e.g. 2017 .pth keys) as text.
     self._path = path
-    self._read_storage = read_storage
-    self._storages: dict[str, _Storage] = {}
+    self._load_storage = load_storage
     self._allowed = _fresh_allowed_globals()
+    self._allowed.update(extra_globals or {})
 
   def find_class(self, module: str, name: str):
     try:
@@ -159,19 +188,119 @@ class _RestrictedUnpickler(pickle.Unpickler):
       raise ValueError(f"refusing to load {self._path}: pickle calls {module}.{name}") from None
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)):
+    if not (self._load_storage is not None and isinstance(pid, tuple) and len(pid) in (5, 6)
+            and _as_str(pid[0]) == "storage" and isinstance(pid[1], _StorageType)):
       raise ValueError(f"refusing to load {self._path}: unexpected persistent id {pid!r:.80}")
-    _, storage_type, key, _location, numel = pid
-    key = str(key)
-    if key not in self._storages:
-      raw = self._read_storage(key)
+    view = pid[5] if len(pid) == 6 else None
+    return self._load_storage(pid[1], _as_str(pid[2]), int(pid[4]), view)
+
+
+def _zip_storage_loader(path: str, read_storage: Callable[[str], bytes]) -> StorageLoader:
+  storages: dict[str, _Storage] = {}
+
+  def load(storage_type: _StorageType, key: str, numel: int, _view) -> _Storage:
+    if key not in storages:
+      raw = read_storage(key)
       dtype = storage_type.dtype
-      if len(raw) < int(numel) * dtype.itemsize:
-        raise ValueError(f"{self._path}: storage {key} has {len(raw)} bytes, "
-                         f"expected {int(numel) * dtype.itemsize}")
-      self._storages[key] = _Storage(raw, dtype, int(numel), f"{self._path} storage {key}")
-    return self._storages[key]
+      if len(raw) < numel * dtype.itemsize:
+        raise ValueError(f"{path}: storage {key} has {len(raw)} bytes, expected {numel * dtype.itemsize}")
+      storages[key] = _Storage(raw, dtype, numel, f"{path} storage {key}")
+    return storages[key]
+  return load
+
+
+# torch.serialization's MAGIC_NUMBER and PROTOCOL_VERSION of the legacy (non-zip) format.
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+
+def _load_plain(stream, path: str):
+  """One pickle of plain data (no globals, no persistent ids) from the stream."""
+  return RestrictedUnpickler(stream, path).load()
+
+
+def _load_legacy(stream: io.BufferedIOBase, path: str,
+                 extra_globals: Mapping[tuple[str, str], Any] | None = None) -> Any:
+  """The legacy torch.save stream: header pickles, object pickle, storage keys, raw storages."""
+  try:
+    magic = _load_plain(stream, path)
+  except ValueError:
+    raise
+  except Exception:  # Not even a pickle: say what the file is not.
+    raise ValueError(f"{path} is not a torch checkpoint (neither a zip archive nor a legacy "
+                     "torch.save stream)") from None
+  if magic != LEGACY_MAGIC:
+    raise ValueError(f"{path} is not a torch checkpoint (a pickle without torch's magic number; "
+                     "a network pickle is read by gankd_jax.weights.network_pickle)")
+  protocol = _load_plain(stream, path)
+  if protocol != LEGACY_PROTOCOL:
+    raise ValueError(f"{path}: unsupported legacy torch protocol version {protocol!r}")
+  sys_info = _load_plain(stream, path)
+  byteorder = "little" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else "big"
+
+  # Pass 1: the storages' element types (tensors are not built: no bytes yet).
+  start = stream.tell()
+  declared: dict[str, np.dtype] = {}
+
+  def declare(storage_type: _StorageType, key: str, numel: int, _view) -> _Storage:
+    declared.setdefault(key, storage_type.dtype)
+    return _Storage(None, storage_type.dtype, numel, f"{path} storage {key}")
+  RestrictedUnpickler(stream, path, declare, extra_globals).load()
+
+  raws: dict[str, bytes] = {}
+  for key in _load_plain(stream, path):
+    key = _as_str(key)
+    if key not in declared:
+      raise ValueError(f"{path}: storage {key} is listed but no tensor refers to it")
+    itemsize = declared[key].itemsize
+    count = stream.read(8)
+    numel = int.from_bytes(count, byteorder) if len(count) == 8 else -1
+    raw = stream.read(max(numel, 0) * itemsize)
+    if numel < 0 or len(raw) < numel * itemsize:
+      raise ValueError(f"{path} is truncated: storage {key} ends early")
+    if byteorder == "big" and itemsize > 1:
+      raw = np.frombuffer(raw, declared[key].newbyteorder(">")).astype(declared[key].newbyteorder("<")).tobytes()
+    raws[key] = raw
+  end = stream.tell()
+
+  # Pass 2: the objects, with their storages' bytes.
+  storages: dict[str, _Storage] = {}
+
+  def load(storage_type: _StorageType, key: str, numel: int, view) -> _Storage:
+    if key not in raws:
+      raise ValueError(f"{path}: storage {key} is missing from the file")
+    dtype, name, raw = storage_type.dtype, key, raws[key]
+    if view is not None:  # (view key, offset, numel): a slice of the root storage.
+      name, offset, numel = _as_str(view[0]), int(view[1]), int(view[2])
+      raw = raw[offset * dtype.itemsize:(offset + numel) * dtype.itemsize]
+    if name not in storages:
+      if len(raw) < numel * dtype.itemsize:
+        raise ValueError(f"{path}: storage {name} has {len(raw)} bytes, expected {numel * dtype.itemsize}")
+      storages[name] = _Storage(raw, dtype, numel, f"{path} storage {name}")
+    return storages[name]
+  stream.seek(start)
+  obj = RestrictedUnpickler(stream, path, load, extra_globals).load()
+  stream.seek(end)
+  return obj
+
+
+def _unpickling(path: str, read: Callable[[], Any]) -> Any:
+  """Runs a load; a corrupt or truncated pickle (many exception types) is one ValueError line."""
+  try:
+    return read()
+  except ValueError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f"{path}: cannot unpickle checkpoint ({type(error).__name__}: {error})") from None
+
+
+def load_storage_blob(data: bytes, where: str) -> _Storage:
+  """A storage from the legacy torch.save bytes a plain pickle carries for each torch storage
+  (`torch.storage._load_from_bytes`); the blob is read by the same restricted unpickler."""
+  storage = _unpickling(where, lambda: _load_legacy(io.BytesIO(bytes(data)), where))
+  if not isinstance(storage, _Storage) or storage.raw is None:
+    raise ValueError(f"{where}: a storage blob holds a {type(storage).__name__}, not a storage")
+  return storage
 
 
 def _archive_root(names: list[str], path: str) -> str:
@@ -197,13 +326,16 @@ def _swap_to_little_endian(obj):
 
 
 def load_pth(path: str | os.PathLike) -> Any:
-  """Load a torch zip checkpoint; tensors come back as NumPy arrays, containers as they were."""
+  """Load a torch checkpoint (zip or legacy format); tensors come back as NumPy arrays,
+  containers as they were."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise ValueError(f"checkpoint {path} does not exist")
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path} is not a torch zip checkpoint (legacy pre-1.6 torch format or "
-                     "another file type); re-save it with torch.save from torch >= 1.6")
+    if tarfile.is_tarfile(path):
+      raise ValueError(f"{path} is a torch <= 0.3 tar checkpoint; re-save it with a newer torch")
+    with open(path, "rb") as stream:
+      return _unpickling(path, lambda: _load_legacy(stream, path))
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     root = _archive_root(names, path)
@@ -215,13 +347,9 @@ def load_pth(path: str | os.PathLike) -> Any:
       return archive.read(member)
 
     byteorder = archive.read(f"{root}byteorder").decode().strip() if f"{root}byteorder" in names else "little"
-    unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(f"{root}data.pkl")), path, read_storage)
-    try:
-      obj = unpickler.load()
-    except ValueError:
-      raise
-    except Exception as error:  # corrupt pickles raise many types; report one line.
-      raise ValueError(f"{path}: cannot unpickle checkpoint ({type(error).__name__}: {error})") from None
+    unpickler = RestrictedUnpickler(io.BytesIO(archive.read(f"{root}data.pkl")), path,
+                                    _zip_storage_loader(path, read_storage))
+    obj = _unpickling(path, unpickler.load)
   return _swap_to_little_endian(obj) if byteorder == "big" else obj
 
 
