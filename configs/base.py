@@ -35,7 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every = 50              # Scalars to TensorBoard and the console.
   config.checkpoint_every = 500
-  config.keep_checkpoints = 3
+  config.keep_checkpoints = 1        # The latest N (a checkpoint holds every network's optimiser).
+  # Also keep the checkpoint whose evaluation scored best on this GROUP/METRIC of evals.jsonl
+  # (e.g. "student/psnr"; lower is better for l1, fid, kid); "": none.
+  config.best_checkpoint_metric = ""
   config.eval_every = 500            # Also evaluated at step 0 and at the end.
 
   # Fault-injection test hook, never for real runs: training step k (counted from 1, as in the

@@ -74,6 +74,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.log_every = 50
   config.eval_every = 250
   config.checkpoint_every = 250
+  config.best_checkpoint_metric = "student/psnr"  # The student against the ground truth.
 
   # Embedded edges->photo pairs at 64x64 (no download); a data.path selects pix2pix_folder.
   config.data = data.default_data_config()

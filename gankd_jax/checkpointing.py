@@ -20,12 +20,14 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "best_checkpoint_metric",
     "num_devices", "eval.batch_size", "eval.max_examples", "eval.num_sample_images",
     "eval.inception_weights", "eval.vgg16_weights", "data.num_threads", "debug_nan_step",
 })
@@ -104,21 +106,61 @@ class _SlowCommitPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
     return await super().finalize(*args, **kwargs)
 
 
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Async manager keeping the last `keep` checkpoints under DIR/checkpoints.
+# Metrics (evaluation.py's names) where lower is better; for the others higher is.
+LOWER_IS_BETTER = frozenset({"l1", "fid", "kid"})
+METRICS = frozenset({"psnr", "ssim", "l1", "vol", "fid", "is", "kid", "precision", "recall"})
+
+
+def check_best_metric(best_metric: str) -> None:
+  """`best_checkpoint_metric` is "" or GROUP/METRIC of an evaluation (e.g. student/psnr)."""
+  if not best_metric:
+    return
+  group, _, metric = best_metric.rpartition("/")
+  if not group or metric not in METRICS:
+    raise ValueError(f"best_checkpoint_metric must be '' or GROUP/METRIC as in evals.jsonl (e.g. "
+                     f"student/psnr; METRIC one of {', '.join(sorted(METRICS))}), got "
+                     f"'{best_metric}'")
+
+
+def checkpoint_metrics(best_metric: str, evaluation: dict[str, Any] | None) -> dict[str, float]:
+  """What a checkpoint records for ranking: `best_metric`'s value in the evaluation of its step
+  ({} without one: such a checkpoint ranks last)."""
+  group, _, metric = best_metric.rpartition("/")
+  value = ((evaluation or {}).get(group) or {}).get(metric)
+  return {} if value is None or not np.isfinite(value) else {best_metric: float(value)}
+
+
+def _ranking(best_metric: str):
+  """Higher is better, for orbax's BestN (which keeps the top of an ascending sort)."""
+  sign = -1.0 if best_metric.rpartition("/")[2] in LOWER_IS_BETTER else 1.0
+  return lambda metrics: sign * metrics[best_metric] if best_metric in (metrics or {}) else -np.inf
+
+
+def checkpoint_manager(workdir: str, keep: int, best_metric: str = "") -> ocp.CheckpointManager:
+  """Async manager under DIR/checkpoints keeping the last `keep` checkpoints and, with
+  `best_metric`, also the one whose evaluation scored best (a checkpoint of a step without an
+  evaluation is never the best). The latest is always kept, so resuming is unchanged.
 
   Uncommitted checkpoints left by a killed run are never listed as steps, and are deleted here.
   """
   slow_commit = _SlowCommitPath if os.environ.get(COMMIT_DELAY_ENV) else None
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=True,
-                                         cleanup_tmp_directories=True,
-                                         temporary_path_class=slow_commit)
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if best_metric:
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=_ranking(best_metric), n=1, keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+      temporary_path_class=slow_commit,
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      # Set only so that orbax writes and reads each checkpoint's metrics; `policies` decide.
+      best_fn=_ranking(best_metric) if best_metric else None)
   return ocp.CheckpointManager(as_path(workdir) / "checkpoints", options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-  manager.save(step, args=ocp.args.StandardSave(state))
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         metrics: dict[str, float] | None = None) -> None:
+  """`metrics`: checkpoint_metrics' record (kept by a manager that ranks, else ignored)."""
+  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

@@ -235,14 +235,15 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
   if jax.process_index() == 0:
     run_dir = checkpointing.as_path(workdir)
     checkpointing.write_text_atomically(run_dir / EVAL_FILE, json.dumps(record, indent=2))
-    visualize.save_png(visualize.image_grid(result.columns), run_dir / GRID_FILE)
+    visualize.save_png(visualize.image_grid(result.columns, labels=result.labels), run_dir / GRID_FILE)
   return record
 
 
 # --------------------------------------------------------------------------------- the table
 QUALITY_COLUMNS = (("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"), ("kid", "KID", "{:.4f}"),
                    ("precision", "prec", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-                   ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("vol", "VoL", "{:.1f}"))
+                   ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("l1", "L1", "{:.4f}"),
+                   ("vol", "VoL", "{:.1f}"))
 
 
 def format_table(record: dict[str, Any]) -> str:
@@ -259,7 +260,7 @@ def format_table(record: dict[str, Any]) -> str:
                  + "".join(f"{fmt.format(m[key]) if key in m else '-':>9}" for key, _, fmt in quality))
   student = roles.get("student", {})
   for teacher, ratios in record["student_vs"].items():
-    vs = [f"{name.upper()} {student[f'{name}_vs_{teacher}']:.4g}" for name in ("psnr", "ssim")
+    vs = [f"{name.upper()} {student[f'{name}_vs_{teacher}']:.4g}" for name in ("psnr", "ssim", "l1")
           if f"{name}_vs_{teacher}" in student]
     lines.append(f"student vs {teacher}: {ratios['speedup']:.2f}x faster, "
                  f"{ratios['mac_compression']:.1f}x fewer MACs, "
@@ -275,8 +276,9 @@ def main(argv):
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
     fail("--workdir is required (a run directory with config.json and checkpoints/)")
-  # orbax logs every read-only restore at INFO/WARNING; the table carries our own notes.
-  logging.set_verbosity(logging.ERROR)
+  # The table carries our own notes; --verbose shows every log line (console.py).
+  if not FLAGS.verbose:
+    logging.set_verbosity(logging.ERROR)
   try:
     record = evaluate(FLAGS.workdir, num_samples=FLAGS.num_samples,
                       inception_weights=FLAGS.inception_weights, batch_size=FLAGS.batch_size,

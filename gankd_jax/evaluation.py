@@ -335,6 +335,7 @@ class PassResult:
   num_examples: int
   columns: list[np.ndarray]             # Sample-grid columns.
   roles: list[str]                      # Generator roles the method returned.
+  labels: list[str]                     # The columns' labels (Method.sample_columns' keys).
 
 
 def make_eval_step(method, mesh, specs: list[EvaluatorSpec]):
@@ -365,7 +366,7 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
   eval_step = eval_step or make_eval_step(method, mesh, evaluators.specs)
   passes = [e.start(num_examples) for e in evaluators.distribution.values()]
   sums: dict[str, float] = {}
-  count, roles = 0, []
+  count, roles, labels = 0, [], []
   samples = visualize.SampleRows(num_examples, num_sample_images)
   for local in pipeline.eval_batches(dataset, batch_size, jax.process_index(),
                                      jax.process_count(), max_examples=num_examples):
@@ -381,7 +382,9 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
     for name, values in per_example.items():
       sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
     count += int(mask.sum())
-    samples.add(len(mask), lambda: method.sample_columns(batch, outputs))
+    labelled = method.sample_columns(batch, outputs)
+    labels = list(labelled)
+    samples.add(len(mask), lambda: list(labelled.values()))
   results: dict[str, dict[str, float]] = {}
   for name, total in sums.items():
     group, metric = name.split("/", 1)
@@ -390,7 +393,7 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
     for name, value in evaluator_pass.result().items():
       group, metric = name.split("/", 1)
       results.setdefault(group, {})[metric] = value
-  return PassResult(results, count, samples.columns(), roles)
+  return PassResult(results, count, samples.columns(), roles, labels)
 
 
 def _feature_cache(outputs, real):

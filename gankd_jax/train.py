@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from gankd_jax import (checkpointing, data, evaluation, parallel, preflight, runs, stats, visualize,
@@ -63,6 +63,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   for field in ("num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if config[field] <= 0:
       raise ValueError(f"{field} must be positive, got {config[field]}")
+  checkpointing.check_best_metric(config.best_checkpoint_metric)
   mesh = parallel.make_mesh(config.num_devices or None)
   parallel.check_batch_size(config.batch_size, mesh)
   if config.batch_size % jax.process_count():
@@ -101,7 +102,7 @@ def evaluate(run: Run, state, frozen, step: int, writer, evaluators: evaluation.
       eval_step=eval_steps[key])
   if jax.process_index() == 0:
     writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result.results).items()})
-    grid = visualize.image_grid(result.columns)
+    grid = visualize.image_grid(result.columns, labels=result.labels)
     visualize.save_png(grid, checkpointing.as_path(run.workdir) / "samples" / f"step_{step:07d}.png")
     writer.write_images(step, {"samples": grid[None]})
   logging.info("eval at step %d over %d examples: %s", step, result.num_examples,
@@ -291,7 +292,8 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
     (logging.warning if note.level == WARNING else logging.info)("%s", note.text)
   checkpointing.write_config(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+  best_metric = config.best_checkpoint_metric
+  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints, best_metric)
   state, start_step = _init_or_restore(run, manager, frozen)
 
   evaluators = evaluation.build(config.eval, run.mesh, config.eval.batch_size)
@@ -318,7 +320,7 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
       run.train_data, config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.num_threads)
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
+  progress = Progress(config.num_train_steps, start_step)
   pending_metrics = []
   start_time = time.time()
   step = saved_step = start_step
@@ -326,15 +328,21 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   try:
     while step < end_step and not stop:
       phase = run.method.phase(step)
-      if phase not in train_steps:
+      compiling = phase not in train_steps
+      if compiling:
         train_steps[phase] = make_train_step(run.method, run.mesh, phase)
+        jax.block_until_ready(pending_metrics)  # Earlier steps' time is steady time.
+        progress.start_compiling(step)
       batch = parallel.global_batch(next(train_iter), run.mesh)
       if step + 1 == config.debug_nan_step:
         batch = _poisoned(batch)
       state, step_metrics = train_steps[phase](state, batch, frozen)
       pending_metrics.append(step_metrics)
       step += 1
-      report(step)
+      if compiling:  # Timed to its end, so the steady rate starts after it.
+        jax.block_until_ready(step_metrics)
+        logging.info("step %d compiled and ran in %.1f s (left out of the steady rate)", step,
+                     progress.compiled(step))
       checkpoint_now = step % config.checkpoint_every == 0 or step == end_step
       sync_point = step % config.log_every == 0 or checkpoint_now
       if sync_point:
@@ -343,8 +351,10 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
         _check_finite_losses(step - len(per_step) + 1, per_step)
         pending_metrics = []
         means = _mean_metrics(per_step)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-        _log_progress(step, config.num_train_steps, start_step, start_time, means)
+        logging.info("%s", progress.line(step, means))
+        rate = progress.steps_per_s()
+        writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
+                                    **({"steps_per_sec": rate} if rate else {})})
       stop = _stop_agreed(stop_signal.requested, sync_point)
       if checkpoint_now or (stop and step != saved_step):
         # Before the evaluation too: nothing is evaluated (or kept by on_eval) from a broken state.
@@ -356,7 +366,10 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
         state = evaluate_if_due(state, step, force=step % config.eval_every == 0
                                 or step == config.num_train_steps)
       if checkpoint_now or (stop and step != saved_step):
-        checkpointing.save(manager, step, state)
+        latest = evals.records[-1] if evals.records and evals.records[-1]["step"] == step else None
+        checkpointing.save(manager, step, state,
+                           checkpointing.checkpoint_metrics(best_metric, latest) if best_metric
+                           else None)
         saved_step = step
   finally:
     train_iter.close()
@@ -373,14 +386,59 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   return summary
 
 
-def _log_progress(step: int, total: int, start_step: int, start_time: float,
-                  means: dict[str, float]) -> None:
-  elapsed = time.time() - start_time
-  rate = (step - start_step) / max(elapsed, 1e-9)
-  eta = (total - step) / max(rate, 1e-9)
-  losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(means.items()) if k.endswith("total"))
-  logging.info("step %d/%d  %.2f steps/s  ETA %dm%02ds  %s", step, total, rate, eta // 60,
-               eta % 60, losses)
+class Progress:
+  """The console's progress line: an ETA from the steady step rate.
+
+  A step that compiles (the first, and the first of each new `Method.phase`) takes minutes where
+  the others take seconds; counting it would put the ETA far off for most of a short run. Such a
+  step is timed on its own (`start_compiling` .. `compiled`) and left out of the rate; the rest
+  (steps with their evaluations and checkpoints) is the steady rate. `clock` is injectable for
+  tests.
+  """
+
+  def __init__(self, total: int, start_step: int, clock=time.monotonic):
+    self.total, self._clock = total, clock
+    self._last_step, self._last_time = start_step, clock()
+    self._steady_steps, self._steady_s = 0, 0.0
+
+  def _advance(self, step: int, steady: bool) -> float:
+    now = self._clock()
+    seconds = now - self._last_time
+    if steady:
+      self._steady_steps += step - self._last_step
+      self._steady_s += seconds
+    self._last_step, self._last_time = step, now
+    return seconds
+
+  def start_compiling(self, step: int) -> None:
+    """Before the step after `step` compiles: the time up to here is steady."""
+    self._advance(step, steady=True)
+
+  def compiled(self, step: int) -> float:
+    """After compiling step `step` finished: its seconds, left out of the rate."""
+    return self._advance(step, steady=False)
+
+  def update(self, step: int) -> None:
+    """Steps up to `step` are done; everything since the last call was steady."""
+    self._advance(step, steady=True)
+
+  def steps_per_s(self) -> float | None:
+    """The steady rate so far; None before any steady step."""
+    return self._steady_steps / self._steady_s if self._steady_steps and self._steady_s > 0 else None
+
+  def eta_s(self) -> float | None:
+    """Seconds to `total` at the steady rate, from the last step seen; None without a rate."""
+    rate = self.steps_per_s()
+    return (self.total - self._last_step) / rate if rate else None
+
+  def line(self, step: int, means: dict[str, float]) -> str:
+    """`update(step)`, then the progress line with the losses' totals."""
+    self.update(step)
+    rate, eta = self.steps_per_s(), self.eta_s()
+    losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(means.items()) if k.endswith("total"))
+    timing = (f"{rate:.2f} steps/s  ETA {int(eta) // 60}m{int(eta) % 60:02d}s" if rate
+              else "ETA after more steps")
+    return f"step {step}/{self.total}  {timing}  {losses}"
 
 
 def _mean_metrics(per_step: list[dict[str, Any]]) -> dict[str, float]:

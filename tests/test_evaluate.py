@@ -166,8 +166,12 @@ def test_eval_json_has_every_metric_for_teachers_and_student(evaluated, run):
 
 
 def test_eval_grid_has_one_column_per_sample_kind(evaluated):
-  # 3 rows; columns: input | three generators | target; 32 px images with 2 px padding.
-  assert evaluated["grid"].shape == (3 * 34 + 2, 5 * 34 + 2, 3)
+  # 3 rows under a header strip; columns: input | three generators | target; 32 px images with
+  # 2 px padding.
+  grid = evaluated["grid"]
+  header = grid.shape[0] - (3 * 34 + 2)
+  assert grid.shape[1:] == (5 * 34 + 2, 3) and header > 0
+  assert (grid[:header] < 128).any()  # The labels are drawn.
 
 
 def test_reference_statistics_are_cached_and_reused(evaluated):
@@ -192,7 +196,9 @@ def test_reference_key_changes_with_what_determines_the_statistics():
 def test_table_shows_each_role_and_the_student_ratios(evaluated):
   table = evaluate.format_table(evaluated["first"])
   lines = table.splitlines()
-  assert "FID" in lines[1] and "PSNR" in lines[1] and "latency ms" in lines[1]
+  assert all(title in lines[1].split() for title in ("FID", "PSNR", "SSIM", "L1", "latency"))
+  # The README's column list and the table agree (the paired evaluator gives L1 too).
+  assert all(f"{m:.4f}" in table for m in (evaluated["first"]["roles"]["student"]["l1"],))
   for role in GENERATOR_ROLES:
     assert any(line.startswith(role) for line in lines)
   assert any(line.startswith("student vs teacher_wide:") and "x faster" in line for line in lines)

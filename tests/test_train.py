@@ -126,7 +126,9 @@ def test_evaluations_and_checkpoints_do_not_touch_the_training(tmp_path):
 
 
 def _main(args, **kwargs):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  # No TF_CPP_MIN_LOG_LEVEL here: the console test below sees what a user sees.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
   return subprocess.run([sys.executable, "-m", "gankd_jax.main", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=3600, **kwargs)  # hang guard
 
@@ -156,8 +158,22 @@ def test_main_end_to_end_on_the_embedded_data(tmp_path):
   assert "VGG16 weights not found" in result.stderr
   assert sorted(os.listdir(workdir / "samples")) == ["step_0000000.png", "step_0000002.png",
                                                      "step_0000003.png"]
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3"]
+  # The latest checkpoint, and the one whose evaluation scored the best student PSNR.
+  evals = {r["step"]: r["student"]["psnr"] for r in train.read_evals(str(workdir))}
+  best = max((2, 3), key=lambda step: (evals[step], step))
+  assert sorted(os.listdir(workdir / "checkpoints")) == sorted({"3", str(best)})
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  # A quiet console: our notes, progress and evaluations; no library's INFO lines, no scalar
+  # repeated by clu's logging writer, no TensorFlow banner.
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) <= 12, result.stderr
+  assert any("step 1 compiled" in line for line in lines), result.stderr
+  assert [line.split("] ")[-1].split("  ")[0] for line in lines if "ETA" in line] == [
+      "step 1/3", "step 2/3", "step 3/3"], result.stderr  # log_every=1
+  assert sum("eval at step" in line for line in lines) == 3, result.stderr
+  for noise in ("orbax", "checkpoint_manager", "logging_writer", "oneDNN", "backend 'tpu'",
+                "Setting work unit notes"):
+    assert noise not in result.stderr, noise
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -361,7 +361,7 @@ class Aguinaldo(Method):
 
   def sample_columns(self, batch, outputs):
     """Real images (unrelated to the row's latent, for reference) | teacher(z) | student(z)."""
-    return [batch["image"], *super().sample_columns(batch, outputs)]
+    return {"real": batch["image"], **super().sample_columns(batch, outputs)}
 
   def networks(self, state: AguinaldoState, frozen=None) -> dict[str, Network]:
     nets = {role: common.inference_network(module, variables, (self.config.nz,))

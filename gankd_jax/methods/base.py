@@ -159,13 +159,19 @@ class Method(abc.ABC):
   def networks(self, state: PyTree, frozen: PyTree) -> dict[str, Network]:
     """The networks by role, for parameter counts, MACs, latency and fingerprints."""
 
-  def sample_columns(self, batch: Batch, outputs: dict[str, jax.Array]) -> list[jax.Array]:
-    """Image columns (N, H, W, C) of the evaluation sample grid, in display order.
+  def sample_columns(self, batch: Batch, outputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Image columns (N, H, W, C) of the evaluation sample grid by label, in display order (the
+    labels head the grid's columns).
 
-    Default: every generator output in `generator_roles` order. Methods with inputs or targets
-    to show put them around it.
+    Default: every generator output in `generator_roles` order, labelled by `role_label`.
+    Methods with inputs or targets to show put them around it.
     """
-    return [outputs[role] for role in self.generator_roles if role in outputs]
+    return {self.role_label(role): outputs[role] for role in self.generator_roles
+            if role in outputs}
+
+  def role_label(self, role: str) -> str:
+    """A generator role as a sample grid names it ("teacher_wide" -> "teacher wide")."""
+    return role.replace("_", " ")
 
   def active_losses(self) -> dict[str, float]:
     """Loss term name -> weight, for terms that are on (reported in the summary)."""

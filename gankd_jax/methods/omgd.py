@@ -300,8 +300,11 @@ class OMGD(Method):
     return targets
 
   def sample_columns(self, batch, outputs):
-    """Input | teachers | student | target."""
-    return [batch["A"], *super().sample_columns(batch, outputs), batch["B"]]
+    """Input | wide teacher | deep teacher | student | target."""
+    return {"input": batch["A"], **super().sample_columns(batch, outputs), "target": batch["B"]}
+
+  def role_label(self, role):
+    return {"teacher_wide": "wide teacher", "teacher_deep": "deep teacher"}.get(role, role)
 
   def networks(self, state: OMGDState, frozen=None) -> dict[str, Network]:
     size = self.image_size
