@@ -377,7 +377,7 @@ class StyleGAN2(Method):
 
   def sample_columns(self, batch, outputs):
     """Real images (unrelated to the row's latent, for reference) | G_ema(z)."""
-    return {"real": batch["image"], self.role_label(GENERATOR): outputs[GENERATOR]}
+    return {"real": batch["image"], "G_ema": outputs[GENERATOR]}
 
   def networks(self, state: StyleGAN2State, frozen=None) -> dict[str, Network]:
     def generator_apply(variables, z):
