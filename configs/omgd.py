@@ -60,6 +60,15 @@ def _set_networks(config, family: str, ngf_wide: int, ngf_deep: int, ngf_student
       {"name": name, "ngf": ngf, "norm": norm,
        "num_downs": ml_collections.FieldReference(None, field_type=int)})
   config.teacher_wide = generator(wide, ngf_wide)
+  # A teacher from the user (README "Compress your pix2pix model"; methods/teacher_file.py):
+  # init_from: a PyTorch generator .pth or a variables .npz the wide teacher starts from;
+  # frozen: keep it fixed (offline distillation: student losses only, no D, no deep teacher);
+  # module: "pkg.module:Attr", a Flax generator of the user's (teacher protocol) instead of
+  # `name`; n_blocks: a ResNet family's block count (None: the module's 9).
+  config.teacher_wide.init_from = ""
+  config.teacher_wide.frozen = False
+  config.teacher_wide.module = ""
+  config.teacher_wide.n_blocks = ml_collections.FieldReference(None, field_type=int)
   config.teacher_deep = generator(deep, ngf_deep)
   config.student = generator(student, ngf_student)
   config.discriminator = ml_collections.ConfigDict(

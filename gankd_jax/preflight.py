@@ -32,6 +32,9 @@ WIDTH_FIELDS = {
 # A U-Net's shallowest depth (models/unet.py's MIN_NUM_DOWNS: its distillation taps need 5 levels).
 MIN_UNET_DEPTH = 5
 UNET_ROLES = ("teacher_wide", "teacher_deep", "student")
+# Fields of a teacher's config that say where it comes from (methods/teacher_file.py), not what
+# the module is: never passed to the module's constructor.
+TEACHER_SOURCE_FIELDS = ("init_from", "frozen", "module")
 
 
 def check(config: ml_collections.ConfigDict) -> list[str]:
@@ -92,7 +95,11 @@ def generator_fields(generator_config: ml_collections.ConfigDict, image_size: in
   ValueErrors whose suggested flags work (tests/test_preflight.py applies them); `unset_roles`:
   every U-Net role without num_downs, so one suggestion fixes them all."""
   fields = {key: value for key, value in generator_config.to_dict().items()
-            if not (key == "num_downs" and value is None)}
+            if not (key in ("num_downs", "n_blocks") and value is None)
+            and key not in TEACHER_SOURCE_FIELDS}
+  if str(fields.get("name", "")).startswith("unet") and "n_blocks" in fields:
+    raise ValueError(f"{role}.n_blocks is only read by ResNet generators, and {role}.name is "
+                     f"'{fields.get('name')}'")
   if not str(fields.get("name", "")).startswith("unet"):
     if "num_downs" in fields:
       raise ValueError(f"{role}.num_downs is only read by U-Net generators, and {role}.name is "

@@ -10,6 +10,14 @@ One fused step, as in the reference `MultiTeacherDistiller.optimize_parameters`:
        + lambda_feature L1(phi_relu2_2(S), phi_relu2_2(T)) + lambda_tv TV(S)
      plus lambda_cd * channel distillation against the wide teacher's intermediate maps, through
      learned 1x1 connectors trained with the student.
+
+A teacher of the user's (methods/teacher_file.py): `teacher_wide.init_from=FILE` starts the
+online wide teacher from a PyTorch generator .pth or a variables .npz; `teacher_wide.module` makes
+it a Flax generator of the user's. `teacher_wide.frozen=True` is offline distillation from that
+fixed teacher: step 3 only, against the wide teacher's output (run in inference mode), with no
+discriminator and no deep teacher: the deep teacher is trained online by the discriminator only,
+which a fixed teacher leaves nothing to learn against, so it is off rather than a second
+untrained target. The fixed teacher is a frozen input (`load_frozen`), never in the checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import ml_collections
 
 from gankd_jax import models
 from gankd_jax.losses import distill, gan, image
-from gankd_jax.methods import common
+from gankd_jax.methods import common, teacher_file
 from gankd_jax.methods.base import WARNING, Method, NetState, Network, Note
 from gankd_jax.models import vgg
 from gankd_jax.preflight import generator_fields
@@ -41,6 +49,14 @@ class OMGDState:
   teacher_deep: NetState
   student: NetState  # params/batch_stats: {"generator": ..., "connectors": ...}
   discriminator: NetState
+
+
+@flax.struct.dataclass
+class OfflineState:
+  """`teacher_wide.frozen`: the student alone trains (its connectors inside, as in OMGDState)."""
+  step: jax.Array
+  rng: jax.Array
+  student: NetState
 
 
 class Connectors(nn.Module):
@@ -77,18 +93,43 @@ class OMGD(Method):
     if config.loss.gan_mode not in gan.GAN_KINDS:
       raise ValueError(f"loss.gan_mode: unknown '{config.loss.gan_mode}'; choose from {', '.join(gan.GAN_KINDS)}")
     self.image_size = size = config.data.crop_size
+    wide = config.teacher_wide
+    self.init_from = wide.get("init_from", "") or ""
+    self.frozen_teacher = bool(wide.get("frozen", False))
+    user_module = wide.get("module", "") or ""
+    if self.frozen_teacher:
+      if not self.init_from:
+        raise ValueError("teacher_wide.frozen=True distils from a fixed teacher: set "
+                         "--config.teacher_wide.init_from=FILE (a generator .pth or variables .npz)")
+      self.roles = ("teacher_wide", "student")
+      self.generator_roles = self.roles
+    self.teacher_roles = tuple(r for r in TEACHER_ROLES if r in self.generator_roles)
     self.generators = {}
     for role in self.generator_roles:
       fields = generator_fields(config[role], size, role)
+      if role == "teacher_wide" and user_module:
+        self.generators[role] = teacher_file.import_module(user_module, "teacher_wide.module")
+        continue
       models.check_width(f"{role}.ngf", fields.get("ngf"))  # Names the network.
       models.check_image_size(fields["name"], size, **{k: v for k, v in fields.items() if k != "name"})
       self.generators[role] = models.build_generator(**fields)
+      if role == "teacher_wide" and self.init_from and teacher_file.is_pth(self.init_from):
+        teacher_file.check_pth_architecture(
+            self.init_from, fields, role, size,
+            tuple(k for k in ("num_downs", "n_blocks") if wide.get(k) is not None))
+    if self.init_from and not os.path.isfile(self.init_from):
+      raise ValueError(f"teacher_wide.init_from: no such file: {self.init_from}")
+    if user_module and self.init_from and teacher_file.is_pth(self.init_from):
+      raise ValueError(f"teacher_wide.init_from={self.init_from}: a PyTorch file imports into "
+                       "our generator families only; with teacher_wide.module set, give a "
+                       "variables .npz (runs.save_variables)")
     models.check_discriminator_size(size)
     models.check_width("discriminator.ndf", config.discriminator.get("ndf"))
     self.discriminator = models.build_discriminator(**config.discriminator)
     self.use_cd = config.loss.lambda_cd > 0
     if self.use_cd:
-      teacher_channels = self.generators["teacher_wide"].feature_channels()
+      teacher_channels = teacher_file.feature_channels(self.generators["teacher_wide"],
+                                                       "teacher_wide")
       if len(teacher_channels) != len(self.generators["student"].feature_channels()):
         raise ValueError(f"loss.lambda_cd > 0 needs a student of the wide teacher's family "
                          f"({config.teacher_wide.name} vs {config.student.name})")
@@ -105,6 +146,10 @@ class OMGD(Method):
           WARNING)]
     else:
       self._notes = []
+    if self.init_from:
+      how = ("fixed (offline distillation: no discriminator, no deep teacher)"
+             if self.frozen_teacher else "trained online from there")
+      self._notes.append(Note(f"wide teacher from {self.init_from}, {how}"))
     self.vgg = vgg.VGG16Features(input_normalization=config.vgg.input_normalization)
 
     self.learning_rate = common.linear_decay(config.optimizer, config.num_train_steps)
@@ -116,6 +161,9 @@ class OMGD(Method):
 
   def active_losses(self) -> dict[str, float]:
     weights = {k: float(v) for k, v in self.loss_cfg.items() if k.startswith("lambda_")}
+    if self.frozen_teacher:  # The teachers' terms: no teacher trains.
+      weights.pop("lambda_gan")
+      weights.pop("lambda_recon")
     if self.vgg_path is None:  # Off for want of weights (or set to 0).
       weights.pop("lambda_style")
       weights.pop("lambda_feature")
@@ -123,21 +171,32 @@ class OMGD(Method):
 
   def phase(self, step: int) -> bool:
     """True on steps that also update the discriminator and the teachers."""
-    return step % self.config.n_dis == 0
+    return not self.frozen_teacher and step % self.config.n_dis == 0
 
   def load_frozen(self):
-    return {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
+    """VGG16 weights, and the user's teacher: fixed ("teacher_wide") or to start from
+    ("teacher_wide_init")."""
+    frozen = {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
+    if self.init_from:
+      variables, notes = teacher_file.load_teacher(
+          self.init_from, self.generators["teacher_wide"], self.image_size, "teacher_wide")
+      self._notes.extend(Note(text) for text in notes)
+      frozen["teacher_wide" if self.frozen_teacher else "teacher_wide_init"] = variables
+    return frozen
 
   # ----------------------------------------------------------------------------- state
   def init_state(self, rng: jax.Array, batch, frozen) -> OMGDState:
     """Every network initialised as the reference's `init_net` does (models/init.py)."""
-    del frozen  # Nothing is initialised from the VGG weights.
     x = batch["A"][:1]
-    keys = dict(zip(["state", *self.roles, "connectors"], jax.random.split(rng, len(self.roles) + 2)))
-    nets = {role: common.init_net(self.generators[role], keys[role], self.optimizer, x)
-            for role in TEACHER_ROLES}
-    nets["discriminator"] = common.init_net(self.discriminator, keys["discriminator"],
-                                            self.optimizer, jnp.concatenate([x, x], axis=-1))
+    keys = dict(zip(["state", *OMGD.roles, "connectors"], jax.random.split(rng, len(OMGD.roles) + 2)))
+    nets = {}
+    if not self.frozen_teacher:
+      nets = {role: common.init_net(self.generators[role], keys[role], self.optimizer, x)
+              for role in TEACHER_ROLES}
+      if "teacher_wide_init" in frozen:  # The user's weights, with a fresh optimiser.
+        nets["teacher_wide"] = NetState.create(frozen["teacher_wide_init"], self.optimizer)
+      nets["discriminator"] = common.init_net(self.discriminator, keys["discriminator"],
+                                              self.optimizer, jnp.concatenate([x, x], axis=-1))
     student = common.init_net(self.generators["student"], keys["student"], self.optimizer, x)
     params, batch_stats = {"generator": student.params}, {"generator": student.batch_stats}
     if self.use_cd:
@@ -148,12 +207,15 @@ class OMGD(Method):
       batch_stats["connectors"] = connectors.batch_stats
     nets["student"] = NetState.create({"params": params, "batch_stats": batch_stats},
                                       self.optimizer)
+    if self.frozen_teacher:
+      return OfflineState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(keys["state"]),
+                          student=nets["student"])
     return OMGDState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(keys["state"]), **nets)
 
   # ----------------------------------------------------------------------------- forwards
   def _run_generator(self, role, params, batch_stats, x, rng, *, features=False):
     """Train-mode forward; returns (output, features or None, new batch_stats)."""
-    dropout_rng = jax.random.fold_in(rng, self.roles.index(role))
+    dropout_rng = jax.random.fold_in(rng, OMGD.roles.index(role))
     out, stats = common.run_train_mode(
         self.generators[role], {"params": params, "batch_stats": batch_stats}, x,
         return_features=features, rngs={"dropout": dropout_rng})
@@ -237,7 +299,24 @@ class OMGD(Method):
     return total, ({f"student/{k}": v for k, v in terms.items()}, new_stats, fake)
 
   # ----------------------------------------------------------------------------- the step
+  def _offline_step(self, state: OfflineState, batch, frozen):
+    """`teacher_wide.frozen`: the student against the fixed teacher's inference-mode output."""
+    x = batch["A"]
+    teacher = self.generators["teacher_wide"].apply(
+        frozen["teacher_wide"], x, train=False, return_features=self.use_cd)
+    target, wide_feats = teacher if self.use_cd else (teacher, None)
+    (student_total, (metrics, student_stats, _)), student_grads = jax.value_and_grad(
+        self._student_loss, has_aux=True)(
+            state.student.params, state.student.batch_stats, x, [target], wide_feats, frozen,
+            common.step_rng(state))
+    metrics = {"learning_rate": self.learning_rate(state.step), **metrics,
+               "student/total": student_total}
+    student = state.student.apply_gradients(student_grads, student_stats, step=state.step)
+    return state.replace(step=state.step + 1, student=student), metrics
+
   def train_step(self, state: OMGDState, batch, frozen, phase: bool):
+    if self.frozen_teacher:
+      return self._offline_step(state, batch, frozen)
     x, y = batch["A"], batch["B"]
     step = state.step
     metrics = {"learning_rate": self.learning_rate(step)}
@@ -279,15 +358,17 @@ class OMGD(Method):
     return new_state, metrics
 
   # ----------------------------------------------------------------------------- inference
-  def _inference_variables(self, state: OMGDState, role: str):
+  def _inference_variables(self, state: OMGDState, role: str, frozen=None):
+    if self.frozen_teacher and role == "teacher_wide":
+      return frozen["teacher_wide"]
     net = getattr(state, role)
     if role == "student":
       return {"params": net.params["generator"], "batch_stats": net.batch_stats["generator"]}
     return net.variables()
 
   def generate(self, state: OMGDState, batch, frozen):
-    return {role: common.apply_eval(self.generators[role], self._inference_variables(state, role),
-                                    batch["A"])
+    return {role: common.apply_eval(self.generators[role],
+                                    self._inference_variables(state, role, frozen), batch["A"])
             for role in self.generator_roles}
 
   def real_images(self, batch):
@@ -296,7 +377,7 @@ class OMGD(Method):
   def paired_targets(self, batch, outputs):
     """Every generator against the ground truth; the student also against each teacher."""
     targets = {role: {"target": batch["B"]} for role in self.generator_roles}
-    targets["student"].update({role: outputs[role] for role in TEACHER_ROLES})
+    targets["student"].update({role: outputs[role] for role in self.teacher_roles})
     return targets
 
   def sample_columns(self, batch, outputs):
@@ -309,8 +390,11 @@ class OMGD(Method):
   def networks(self, state: OMGDState, frozen=None) -> dict[str, Network]:
     size = self.image_size
     nets = {role: common.inference_network(self.generators[role],
-                                           self._inference_variables(state, role), (size, size, 3))
+                                           self._inference_variables(state, role, frozen),
+                                           (size, size, 3))
             for role in self.generator_roles}
+    if self.frozen_teacher:
+      return nets
     nets["discriminator"] = common.inference_network(
         self.discriminator, state.discriminator.variables(), (size, size, 6))
     return nets

@@ -1,0 +1,142 @@
+"""A teacher from the user (methods/teacher_file.py): OMGD's wide teacher from a PyTorch generator
+file (fixtures from tests/fixtures/generator_pth), fixed or trained online, its architecture
+checked against the config with flags that fix it, and a Flax generator defined only here."""
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gankd_jax import runs, stats, train
+from gankd_jax.methods import build_method
+from gankd_jax.weights import generator_pth
+from tests.conftest import tiny_omgd_config
+from tests.test_preflight import apply_flag, build, pairs_folder, suggested_flags
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "generator_pth")
+# gan-compression's MobileResnetGenerator, ngf 4, instance norm, written with DataParallel.
+MOBILE = os.path.join(FIXTURES, "gancompression_mobile9_instance_module.pth")
+FROM_MOBILE = {"teacher_wide.init_from": MOBILE, "teacher_wide.ngf": 4}
+
+
+def batch(size: int = 32, n: int = 2, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32) for k in "AB"}
+
+
+def leaves_equal(a, b) -> bool:
+  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  return ([p for p, _ in flat_a] == [p for p, _ in flat_b]
+          and all(np.array_equal(x, y) for (_, x), (_, y) in zip(flat_a, flat_b)))
+
+
+def test_frozen_imported_teacher_distils_end_to_end(tmp_path):
+  config = tiny_omgd_config("resnet64", **FROM_MOBILE, **{
+      "teacher_wide.frozen": True, "num_train_steps": 2, "checkpoint_every": 2})
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert set(summary["networks"]) == {"teacher_wide", "student"}  # No D, no deep teacher.
+  assert "gan" not in summary["losses"] and "recon" not in summary["losses"]
+  imported = generator_pth.load_generator(MOBILE)
+  teacher = summary["networks"]["teacher_wide"]
+  # The fixed teacher is the file's, unchanged by the steps.
+  assert teacher["param_fingerprint"] == stats.param_fingerprint(imported.variables["params"])
+  assert teacher["params"] == stats.count_params(imported.variables["params"])
+  assert any("fixed (offline distillation" in note for note in summary["notes"])
+  for group in ("teacher_wide", "student", "student_vs_teacher_wide"):
+    assert set(summary["eval_end"][group]) == {"psnr", "ssim", "l1"}
+  assert summary["eval_start"]["student"] != summary["eval_end"]["student"]  # The student trained.
+  # The evaluation command restores the run with its fixed teacher.
+  restored = runs.restore_run(str(tmp_path / "run"))
+  assert leaves_equal(restored.frozen["teacher_wide"]["params"], imported.variables["params"])
+
+
+def test_online_teacher_starts_from_the_file():
+  config = tiny_omgd_config("resnet64", **FROM_MOBILE)
+  method = build_method(config)
+  frozen = method.load_frozen()
+  example = batch()
+  state = method.init_state(jax.random.key(0), example, frozen)
+  imported = generator_pth.load_generator(MOBILE)
+  assert leaves_equal(state.teacher_wide.params, imported.variables["params"])
+  assert set(method.generator_roles) == {"teacher_wide", "teacher_deep", "student"}
+  # A trainable network with its own optimiser (the online steps: tests/test_train.py).
+  assert jax.tree_util.tree_leaves(state.teacher_wide.opt_state)
+
+
+def test_mismatched_architecture_names_the_fields_and_its_flags_fix_it(tmp_path):
+  pairs = pairs_folder(tmp_path / "pairs", size=32)
+  for base in ("configs/omgd.py:unet64", "configs/omgd.py:resnet64"):
+    bad = {"data.path": pairs, "teacher_wide.init_from": MOBILE}
+    with pytest.raises(ValueError, match="does not match") as info:
+      train.prepare(build(base, bad), str(tmp_path / "refused"))
+    message = str(info.value)
+    assert "\n" not in message and "ngf 8 here, 4 in the file" in message
+    flags = suggested_flags(message)
+    assert "--config.teacher_wide.ngf=4" in flags
+    overrides = bad
+    for flag in flags:
+      base, overrides = apply_flag(base, overrides, flag)
+    config = build(base, overrides)
+    run = train.prepare(config, str(tmp_path / "accepted"))
+    run.method.load_frozen()  # The file now imports into the configured teacher.
+
+
+def test_teacher_file_errors_are_one_line(tmp_path):
+  with pytest.raises(ValueError, match="set --config.teacher_wide.init_from=FILE"):
+    build_method(tiny_omgd_config("resnet64", **{"teacher_wide.frozen": True}))
+  with pytest.raises(ValueError, match="no such file: /nope.pth"):
+    build_method(tiny_omgd_config("resnet64", **{"teacher_wide.init_from": "/nope.pth"}))
+  with pytest.raises(ValueError, match="has no attribute Missing"):
+    build_method(tiny_omgd_config("resnet64", **{"teacher_wide.module": "tests.test_teacher_file:Missing"}))
+  with pytest.raises(ValueError, match="imports into our generator families only"):
+    build_method(tiny_omgd_config("resnet64", **{"teacher_wide.module": MODULE,
+                                                 "teacher_wide.init_from": MOBILE}))
+
+
+# ----------------------------------------------------------------------------- the teacher API
+class TinyTeacher(nn.Module):
+  """A user's generator, known to the package only through the teacher protocol."""
+  width: int = 6
+
+  def feature_channels(self):
+    return [self.width] * 4  # As many taps as the student's (4), any channels.
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, return_features: bool = False):
+    h = nn.relu(nn.Conv(self.width, (3, 3))(x))
+    feats = []
+    for _ in range(4):
+      h = nn.relu(nn.Conv(self.width, (3, 3))(h))
+      feats.append(h)
+    y = jnp.tanh(nn.Conv(3, (1, 1))(h))
+    return (y, feats) if return_features else y
+
+
+MODULE = "tests.test_teacher_file:TinyTeacher"
+
+
+def test_a_flax_generator_of_the_user_is_a_fixed_teacher(tmp_path):
+  teacher = TinyTeacher()
+  variables = teacher.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+  path = str(tmp_path / "teacher.npz")
+  runs.save_variables(path, variables)
+  config = tiny_omgd_config("resnet64", **{"teacher_wide.module": MODULE,
+                                           "teacher_wide.init_from": path,
+                                           "teacher_wide.frozen": True})
+  method = build_method(config)
+  assert method.use_cd
+  frozen = method.load_frozen()
+  example = batch()
+  state = method.init_state(jax.random.key(0), example, frozen)
+  step = jax.jit(lambda s, b, f: method.train_step(s, b, f, None))
+  new_state, metrics = step(state, example, frozen)
+  assert np.isfinite(float(metrics["student/cd"])) and float(metrics["student/cd"]) > 0
+  assert not leaves_equal(new_state.student.params, state.student.params)
+  outputs = method.generate(new_state, example, frozen)
+  np.testing.assert_array_equal(outputs["teacher_wide"],
+                                teacher.apply(variables, example["A"], train=False))
+  assert leaves_equal(frozen["teacher_wide"]["params"], variables["params"])
