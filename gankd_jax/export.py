@@ -42,7 +42,7 @@ import numpy as np
 FORMATS = ("stablehlo", "tflite", "onnx")
 # Modules each format's converter and runtime need, beyond the core install.
 FORMAT_MODULES = {"stablehlo": (), "tflite": (), "onnx": ("onnx", "onnxruntime", "jax2onnx")}
-EXTRA_HINT = "pip install .[export] (or pip install -r requirements-export.txt)"
+EXTRA_HINT = "pip install --no-deps -r requirements-export.txt (the pins of pip install .[export])"
 PARITY_TOLERANCE = 1e-4  # Max error over the output scale, fp32.
 MAX_RANK = 4  # Tensor rank every deployment runtime and delegate takes.
 PARITY_SEED = 0
@@ -310,6 +310,8 @@ def benchmark(networks: dict, roles, fmt: str, *, size: int = 0, threads=(1, 2),
   import jax
   import jax.numpy as jnp
   from gankd_jax import stats
+  if fmt == "stablehlo":
+    threads = (0,)  # XLA:CPU's own thread pool: 0 stands for its default.
   rows = {}
   with tempfile.TemporaryDirectory(dir=directory) as tmp:
     for role in roles:
@@ -329,18 +331,20 @@ def format_benchmark(rows: dict, fmt: str, student: str = "student") -> str:
   """A table: params, MACs, latency per thread count, and for the student the measured
   speed-up over each other role next to the MACs ratio."""
   threads = sorted(next(iter(rows.values()))["latency_ms"])
+  label = {n: f"{n}T" if n else "xla" for n in threads}
   header = f"{'role':<14}{'params (M)':>11}{'MACs (G)':>10}" + "".join(
-      f"{f'{fmt} {n}T ms':>16}" for n in threads)
+      f"{f'{fmt} {label[n]} ms':>18}" for n in threads)
   lines = [header]
   for role, row in rows.items():
     lines.append(f"{role:<14}{row['params'] / 1e6:>11.3f}{row['macs'] / 1e9:>10.3f}" + "".join(
-        f"{row['latency_ms'][n]:>16.2f}" for n in threads))
+        f"{row['latency_ms'][n]:>18.2f}" for n in threads))
   if student in rows:
     s = rows[student]
     for role, row in rows.items():
       if role == student:
         continue
-      speed = ", ".join(f"{row['latency_ms'][n] / s['latency_ms'][n]:.2f}x at {n}T" for n in threads)
+      speed = ", ".join(f"{row['latency_ms'][n] / s['latency_ms'][n]:.2f}x ({label[n]})"
+                        for n in threads)
       lines.append(f"{student} vs {role}: MACs ratio {row['macs'] / max(s['macs'], 1):.2f}x, "
                    f"measured speed-up {speed}")
   return "\n".join(lines)
