@@ -71,7 +71,7 @@ def example_shape(network, size: int = 0, batch: int = 1) -> tuple[int, ...]:
   shape = tuple(network.input_shape)
   if size and len(shape) == 3:
     shape = (size, size, shape[2])
-  elif size and size != 0 and len(shape) != 3:
+  elif size:
     raise ValueError(f"--size applies to image inputs; this network takes {shape}")
   return (batch, *shape)
 
@@ -364,7 +364,7 @@ def define_flags():
 
 
 def run_command(workdir: str, role: str, fmt: str, output: str, size: int = 0, batch: int = 1,
-                bench: bool = False) -> dict[str, Any]:
+                bench: bool = False, iters: int = 20) -> dict[str, Any]:
   """The command's work, for tests: returns the export record (and the benchmark rows)."""
   from gankd_jax import runs
   check_format(fmt)
@@ -375,7 +375,8 @@ def run_command(workdir: str, role: str, fmt: str, output: str, size: int = 0, b
   record = export_network(select_network(networks, role, workdir), fmt, output, size=size,
                           batch=batch)
   if bench:
-    record["benchmark"] = benchmark(networks, restored.method.generator_roles, fmt, size=size)
+    record["benchmark"] = benchmark(networks, restored.method.generator_roles, fmt, size=size,
+                                    iters=iters)
   return record
 
 

@@ -141,7 +141,7 @@ def run(tmp_path_factory):
 
 def test_command_exports_student_and_benchmarks(run, tmp_path):
   output = str(tmp_path / "student.stablehlo")
-  record = export.run_command(run, "student", "stablehlo", output, bench=True)
+  record = export.run_command(run, "student", "stablehlo", output, bench=True, iters=2)
   assert record["relative_error"] <= export.PARITY_TOLERANCE and os.path.isfile(output)
   rows = record["benchmark"]
   assert set(rows) == {"teacher_wide", "teacher_deep", "student"}
