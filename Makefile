@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/omgd_demo
 
-.PHONY: install demo test lint stats bench clean
+.PHONY: install install-export demo test lint stats bench clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
+
+# The optional export converters (requirements-export.txt says why --no-deps).
+install-export: install
+	$(PY) -m pip install -q --no-deps -r requirements-export.txt
 
 demo: install
 	$(PY) -m gankd_jax.main --config=configs/omgd.py --workdir=$(WORKDIR)

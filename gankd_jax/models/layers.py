@@ -27,6 +27,24 @@ import numpy as np
 WEIGHT_INIT = nn.initializers.normal(stddev=0.02)
 NORM_TYPES = ("batch", "instance")
 
+# The export graph mode (gankd_jax/export.py): while a network is traced inside `export_graph()`,
+# the layers here take deployment-friendly forms with the same outputs: XLA's own convolution
+# instead of the im2col + matmul route (one CONV_2D / Conv node, not slices, a concat and a
+# matmul), instance norm as mean / variance (no custom VJP, no (N, H*W, C) view) and the
+# sub-pixel transposed conv's depth-to-space without its 6-D transpose (TFLite runs tensors
+# above 4-D only as Flex ops, and its GPU delegate refuses them).
+_EXPORT_GRAPH = contextvars.ContextVar("export_graph", default=False)
+
+
+@contextlib.contextmanager
+def export_graph():
+  """While tracing inside this context, layers use their export forms (see above)."""
+  token = _EXPORT_GRAPH.set(True)
+  try:
+    yield
+  finally:
+    _EXPORT_GRAPH.reset(token)
+
 
 def bn_scale_init(key, shape, dtype=jnp.float32):
   """BatchNorm scale ~ N(1, 0.02), as pix2pix ``init_weights('normal', 0.02)``."""
@@ -104,6 +122,11 @@ _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 def instance_norm(x, eps: float = 1e-5):
   """InstanceNorm2d(affine=False): per sample and channel over H, W (biased variance)."""
+  if _EXPORT_GRAPH.get():
+    # Deployment runtimes fuse this form (MEAN, SQUARED_DIFFERENCE, RSQRT); no 3-D view.
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
   n, h, w, c = x.shape
   ones, zeros = jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype)
   return _normalize(x.reshape(n, h * w, c), ones, zeros, eps).reshape(x.shape)
@@ -185,7 +208,8 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
   """`lax.conv_general_dilated` for NHWC/HWIO, taking the matmul form where that is faster."""
-  plain = (feature_group_count == 1 and not kwargs and isinstance(padding, (list, tuple))
+  plain = (not _EXPORT_GRAPH.get() and feature_group_count == 1 and not kwargs
+           and isinstance(padding, (list, tuple))
            and all(lo >= 0 and hi >= 0 for lo, hi in padding)
            and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
   if plain:
@@ -276,6 +300,13 @@ def subpixel_kernel(kernel_hwio, padding: int):
 def depth_to_space2(y, c_out: int):
   """(N, H, W, (2, 2, C)) -> (N, 2H, 2W, C) with channel order (row phase, col phase, C)."""
   n, h, w, _ = y.shape
+  if _EXPORT_GRAPH.get():
+    # The same interleave with no tensor above 4-D: each row phase's two column phases side by
+    # side along channels, read as (2W, C); then the two row phases along W, read as (2H, 2W).
+    phase = [y[..., i * c_out:(i + 1) * c_out] for i in range(4)]
+    rows = [jnp.concatenate(phase[2 * py:2 * py + 2], axis=-1).reshape(n, h, 2 * w, c_out)
+            for py in (0, 1)]
+    return jnp.concatenate(rows, axis=2).reshape(n, 2 * h, 2 * w, c_out)
   y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
   return y.reshape(n, 2 * h, 2 * w, c_out)
 

@@ -1,0 +1,413 @@
+"""Deploy a trained generator: `python -m gankd_jax.export --workdir=DIR --format=... --output=FILE`.
+
+  python -m gankd_jax.export --workdir=DIR [--role=student] --format=stablehlo|tflite|onnx
+                             --output=FILE [--size=0] [--batch=1] [--benchmark]
+
+Restores DIR's latest checkpoint (`runs.restore_run`), takes the network of `--role` (any role
+of `method.networks`: a student, a teacher, a DCGAN) and writes it, weights baked in, as
+  stablehlo  a `jax.export` serialisation (load with `jax.export.deserialize(...).call(x)`);
+  tflite     jax2tf (native serialisation) -> SavedModel -> the TFLite converter with builtin
+             ops only: a model that would need a Flex (TensorFlow) op is a one-line error;
+  onnx       an ONNX graph (jax2onnx), run with onnxruntime.
+The network is traced in the layers' export graph mode (`layers.export_graph`): plain
+convolutions, instance norm by mean / variance, no tensor above 4-D, the same outputs.
+
+After writing, the command runs the artifact in its own runtime (deserialised StableHLO, the
+TFLite interpreter, onnxruntime) on a fixed input and compares it with the JAX model: the max
+error over the output scale (max |y|) must be <= 1e-4 (fp32), else the file is removed and the
+command fails. `--benchmark` then times batch-1 inference of every generator role of the run in
+that runtime (1 and 2 threads, median after warm-up) next to its parameters and MACs.
+
+The heavy converters are optional extras (`pip install .[export]`): the ONNX route needs onnx,
+onnxruntime and jax2onnx; StableHLO and TFLite need only jax and tensorflow-cpu (core).
+Bad input (no such role, a format whose extra is missing, an unsupported op) is one line and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+FORMATS = ("stablehlo", "tflite", "onnx")
+# Modules each format's converter and runtime need, beyond the core install.
+FORMAT_MODULES = {"stablehlo": (), "tflite": (), "onnx": ("onnx", "onnxruntime", "jax2onnx")}
+EXTRA_HINT = "pip install --no-deps -r requirements-export.txt (the pins of pip install .[export])"
+PARITY_TOLERANCE = 1e-4  # Max error over the output scale, fp32.
+MAX_RANK = 4  # Tensor rank every deployment runtime and delegate takes.
+PARITY_SEED = 0
+
+
+def missing_modules(fmt: str) -> list[str]:
+  """The modules `fmt` needs that are not installed."""
+  return [name for name in FORMAT_MODULES[fmt] if importlib.util.find_spec(name) is None]
+
+
+def check_format(fmt: str) -> None:
+  """One-line ValueError for an unknown format or one whose extra is not installed."""
+  if fmt not in FORMATS:
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+  missing = missing_modules(fmt)
+  if missing:
+    raise ValueError(f"--format={fmt} needs {', '.join(missing)}: {EXTRA_HINT}")
+
+
+# --------------------------------------------------------------------------------- the graph
+def example_shape(network, size: int = 0, batch: int = 1) -> tuple[int, ...]:
+  """The exported input shape: batch, then the network's example shape with image sides set to
+  `size` (0: the run's own); a latent input (e.g. DCGAN's z) keeps its shape."""
+  if batch < 1:
+    raise ValueError(f"--batch must be >= 1, got {batch}")
+  shape = tuple(network.input_shape)
+  if size and len(shape) == 3:
+    shape = (size, size, shape[2])
+  elif size:
+    raise ValueError(f"--size applies to image inputs; this network takes {shape}")
+  return (batch, *shape)
+
+
+def export_function(network) -> Callable[[Any], Any]:
+  """x -> the network's output (the first, for a tuple), traced in the export graph mode with
+  its variables as constants."""
+  import jax
+  from gankd_jax.models.layers import export_graph
+  variables = jax.device_get(network.variables)
+
+  def forward(x):
+    with export_graph():
+      out = network.apply_fn(variables, x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+  return forward
+
+
+def reference_function(network) -> Callable[[Any], Any]:
+  """The same network in its training graph (the routes the layers pick for speed)."""
+  import jax
+  variables = jax.device_get(network.variables)
+
+  def forward(x):
+    out = network.apply_fn(variables, x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+  return forward
+
+
+def parity_input(shape) -> np.ndarray:
+  """A fixed input in the range generators see (images in [-1, 1], latents ~ N(0, 1))."""
+  rng = np.random.default_rng(PARITY_SEED)
+  x = rng.standard_normal(shape).astype(np.float32)
+  return np.clip(x, -1.0, 1.0) if len(shape) == 4 else x
+
+
+# --------------------------------------------------------------------------------- writers
+def write_stablehlo(forward, shape, path: str) -> None:
+  import jax
+  import jax.numpy as jnp
+  exported = jax.export.export(jax.jit(forward))(jax.ShapeDtypeStruct(shape, jnp.float32))
+  _write_bytes(path, exported.serialize())
+
+
+def _tf_quiet():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import tensorflow as tf
+  return tf
+
+
+def tflite_bytes(forward, shape) -> bytes:
+  """jax2tf (native serialisation) -> SavedModel -> TFLite flatbuffer, builtin ops only."""
+  tf = _tf_quiet()
+  from jax.experimental import jax2tf
+  function = tf.function(jax2tf.convert(forward, with_gradient=False), autograph=False,
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
+  module = tf.Module()
+  module.forward = function
+  with tempfile.TemporaryDirectory() as saved:
+    tf.saved_model.save(module, saved, signatures=function.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+      with _captured_stderr() as log:
+        return converter.convert()
+    except Exception as error:  # pylint: disable=broad-except
+      raise ValueError(f"tflite: {unsupported_op_message(str(error) + log.getvalue())}") from None
+
+
+def unsupported_op_message(log: str) -> str:
+  """One line naming the op (and where the converter says, the layer) TFLite cannot run."""
+  for line in log.splitlines():
+    line = line.strip()
+    if "failed to legalize" in line or "not supported" in line.lower() or "Flex" in line:
+      return f"unsupported op (builtin ops only, no Flex): {line[:300]}"
+  first = next((line.strip() for line in log.splitlines() if line.strip()), "conversion failed")
+  return f"conversion failed: {first[:300]}"
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+  buffer = io.StringIO()
+  with contextlib.redirect_stderr(buffer):
+    yield buffer
+
+
+def write_tflite(forward, shape, path: str) -> None:
+  _write_bytes(path, tflite_bytes(forward, shape))
+
+
+def write_onnx(forward, shape, path: str) -> None:
+  import logging
+  # jax2onnx imports its example plugins too; those that need packages we do not install
+  # (equinox, dm-pix) log a traceback each, which is noise here.
+  logging.getLogger("jax2onnx").setLevel(logging.CRITICAL)
+  import jax2onnx
+  model = jax2onnx.to_onnx(forward, [tuple(shape)], model_name="generator")
+  _write_bytes(path, model.SerializeToString())
+
+
+WRITERS = {"stablehlo": write_stablehlo, "tflite": write_tflite, "onnx": write_onnx}
+
+
+def _write_bytes(path: str, content: bytes) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as handle:
+    handle.write(content)
+  os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------- runtimes
+def tflite_interpreter(path: str, threads: int | None = None, *, census: bool = False):
+  """The LiteRT interpreter (ai_edge_litert when installed, else tf.lite's). `census`: without
+  the default XNNPACK delegate, so every op stays visible."""
+  if importlib.util.find_spec("ai_edge_litert") is not None:
+    from ai_edge_litert import interpreter as litert  # pylint: disable=import-error
+    interpreter_cls, resolver = litert.Interpreter, litert.OpResolverType
+  else:
+    tf = _tf_quiet()
+    interpreter_cls, resolver = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+  kwargs = {"num_threads": threads} if threads else {}
+  if census:
+    kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice.
+    interpreter = interpreter_cls(model_path=path, **kwargs)
+  interpreter.allocate_tensors()
+  return interpreter
+
+
+def load_runner(fmt: str, path: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+  """x -> y with the artifact at `path` in its own runtime."""
+  if fmt == "stablehlo":
+    import jax
+    with open(path, "rb") as handle:
+      exported = jax.export.deserialize(bytearray(handle.read()))
+    call = jax.jit(exported.call)
+    return lambda x: np.asarray(call(x))
+  if fmt == "tflite":
+    interpreter = tflite_interpreter(path, threads)
+    source = interpreter.get_input_details()[0]["index"]
+    target = interpreter.get_output_details()[0]["index"]
+
+    def run_tflite(x):
+      interpreter.set_tensor(source, np.asarray(x, np.float32))
+      interpreter.invoke()
+      return interpreter.get_tensor(target)
+    return run_tflite
+  import onnxruntime
+  options = onnxruntime.SessionOptions()
+  if threads:
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+  session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+  name = session.get_inputs()[0].name
+  return lambda x: session.run(None, {name: np.asarray(x, np.float32)})[0]
+
+
+def op_census(fmt: str, path: str) -> dict[str, Any]:
+  """The ops of an artifact and its largest tensor rank (TFLite / ONNX)."""
+  if fmt == "tflite":
+    interpreter = tflite_interpreter(path, census=True)
+    ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})  # pylint: disable=protected-access
+    rank = max(len(t["shape"]) for t in interpreter.get_tensor_details())
+    return {"ops": ops, "max_rank": rank}
+  if fmt == "onnx":
+    import onnx
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    values = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    rank = max(len(v.type.tensor_type.shape.dim) for v in values)
+    rank = max([rank] + [len(init.dims) for init in model.graph.initializer])
+    return {"ops": sorted({node.op_type for node in model.graph.node}), "max_rank": rank}
+  return {}
+
+
+# --------------------------------------------------------------------------------- export
+def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1
+                   ) -> dict[str, Any]:
+  """Writes `network` as `fmt` to `output`, checks it in its runtime and returns a record:
+  the input shape, max error, output scale, and the op census (TFLite / ONNX). A parity
+  failure or a tensor above 4-D removes the file and raises a one-line ValueError."""
+  import jax
+  check_format(fmt)
+  shape = example_shape(network, size, batch)
+  forward = export_function(network)
+  WRITERS[fmt](forward, shape, output)
+  x = parity_input(shape)
+  expected = np.asarray(jax.jit(reference_function(network))(x))
+  actual = np.asarray(load_runner(fmt, output)(x))
+  scale = float(np.max(np.abs(expected))) or 1.0
+  error = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
+  record = {"format": fmt, "output": output, "input_shape": list(shape),
+            "max_error": error, "output_scale": scale, "relative_error": error / scale,
+            **op_census(fmt, output)}
+  problem = None
+  if record["relative_error"] > PARITY_TOLERANCE:
+    problem = (f"{fmt} output differs from the JAX model by {error:.3g} (scale {scale:.3g}; "
+               f"tolerance {PARITY_TOLERANCE:g} of the scale)")
+  elif record.get("max_rank", 0) > MAX_RANK:
+    problem = f"{fmt} graph has a tensor of rank {record['max_rank']} (deployment needs <= {MAX_RANK})"
+  if problem:
+    os.remove(output)
+    raise ValueError(problem)
+  return record
+
+
+def select_network(networks: dict, role: str, workdir: str):
+  if role not in networks:
+    raise ValueError(f"{workdir} has no '{role}' network (it has {', '.join(networks)})")
+  return networks[role]
+
+
+# --------------------------------------------------------------------------------- benchmark
+def time_runner(run, x, *, warmup: int = 3, iters: int = 20) -> float:
+  """Median milliseconds of `run(x)` after `warmup` calls."""
+  for _ in range(warmup):
+    run(x)
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    run(x)
+    times.append((time.perf_counter() - start) * 1000.0)
+  return statistics.median(times)
+
+
+def benchmark(networks: dict, roles, fmt: str, *, size: int = 0, threads=(1, 2),
+              iters: int = 20, directory: str | None = None) -> dict[str, dict[str, Any]]:
+  """Per role: params, MACs and batch-1 latency (ms) of the `fmt` artifact at each thread count.
+
+  The JAX latency itself is `gankd_jax.evaluate`'s; here every runtime runs its own file.
+  """
+  import jax
+  import jax.numpy as jnp
+  from gankd_jax import stats
+  if fmt == "stablehlo":
+    threads = (0,)  # XLA:CPU's own thread pool: 0 stands for its default.
+  rows = {}
+  with tempfile.TemporaryDirectory(dir=directory) as tmp:
+    for role in roles:
+      net = networks[role]
+      shape = example_shape(net, size, 1)
+      macs = stats.count_macs(net.apply_fn, net.variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+      path = os.path.join(tmp, f"{role}.{fmt}")
+      export_network(net, fmt, path, size=size, batch=1)
+      x = parity_input(shape)
+      latency = {n: time_runner(load_runner(fmt, path, n), x, iters=iters) for n in threads}
+      rows[role] = {"params": stats.count_params(net.variables["params"]), "macs": macs,
+                    "latency_ms": latency}
+  return rows
+
+
+def format_benchmark(rows: dict, fmt: str, student: str = "student") -> str:
+  """A table: params, MACs, latency per thread count, and for the student the measured
+  speed-up over each other role next to the MACs ratio."""
+  threads = sorted(next(iter(rows.values()))["latency_ms"])
+  label = {n: f"{n}T" if n else "xla" for n in threads}
+  header = f"{'role':<14}{'params (M)':>11}{'MACs (G)':>10}" + "".join(
+      f"{f'{fmt} {label[n]} ms':>18}" for n in threads)
+  lines = [header]
+  for role, row in rows.items():
+    lines.append(f"{role:<14}{row['params'] / 1e6:>11.3f}{row['macs'] / 1e9:>10.3f}" + "".join(
+        f"{row['latency_ms'][n]:>18.2f}" for n in threads))
+  if student in rows:
+    s = rows[student]
+    for role, row in rows.items():
+      if role == student:
+        continue
+      speed = ", ".join(f"{row['latency_ms'][n] / s['latency_ms'][n]:.2f}x ({label[n]})"
+                        for n in threads)
+      lines.append(f"{student} vs {role}: MACs ratio {row['macs'] / max(s['macs'], 1):.2f}x, "
+                   f"measured speed-up {speed}")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- command
+def define_flags():
+  from absl import flags
+  flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).")
+  flags.DEFINE_string("role", "student", "Network role to export (any role of the run).")
+  flags.DEFINE_string("format", None, f"One of {', '.join(FORMATS)}.")
+  flags.DEFINE_string("output", None, "File to write.")
+  flags.DEFINE_integer("size", 0, "Image side of the exported input; 0: the run's.")
+  flags.DEFINE_integer("batch", 1, "Batch of the exported input.")
+  flags.DEFINE_bool("benchmark", False, "Also time batch-1 inference of every generator role "
+                    "in this format's runtime (1 and 2 threads).")
+
+
+def run_command(workdir: str, role: str, fmt: str, output: str, size: int = 0, batch: int = 1,
+                bench: bool = False, iters: int = 20) -> dict[str, Any]:
+  """The command's work, for tests: returns the export record (and the benchmark rows)."""
+  from gankd_jax import runs
+  check_format(fmt)
+  if not workdir or not os.path.isdir(workdir):
+    raise ValueError(f"--workdir: no such run directory: {workdir}")
+  restored = runs.restore_run(workdir)
+  networks = restored.method.networks(restored.state, restored.frozen)
+  record = export_network(select_network(networks, role, workdir), fmt, output, size=size,
+                          batch=batch)
+  if bench:
+    record["benchmark"] = benchmark(networks, restored.method.generator_roles, fmt, size=size,
+                                    iters=iters)
+  return record
+
+
+def main(argv):
+  from absl import flags, logging
+  from gankd_jax.cli import fail
+  config = flags.FLAGS
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  for name in ("workdir", "format", "output"):
+    if not config[name].value:
+      fail(f"--{name} is required")
+  if not config.verbose:
+    logging.set_verbosity(logging.ERROR)
+  try:
+    record = run_command(config.workdir, config.role, config.format, config.output,
+                         config.size, config.batch, config.benchmark)
+  except ValueError as error:
+    fail(str(error))
+  print(f"wrote {record['output']} ({record['format']}, input {tuple(record['input_shape'])}); "
+        f"max error {record['max_error']:.3g} = {record['relative_error']:.3g} of the output "
+        f"scale {record['output_scale']:.3g}")
+  if "ops" in record:
+    print(f"ops: {' '.join(record['ops'])}; max tensor rank {record['max_rank']}")
+  if "benchmark" in record:
+    print(format_benchmark(record["benchmark"], record["format"]))
+
+
+if __name__ == "__main__":
+  from absl import app
+  from gankd_jax.cli import parse_flags
+  define_flags()
+  app.run(main, flags_parser=parse_flags)
+  sys.exit(0)
