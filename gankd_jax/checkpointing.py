@@ -77,6 +77,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
     if (key in RESUMABLE_FIELDS or key in method_fields or key.startswith(RESUMABLE_PREFIX)
         or stored.get(key) == fresh.get(key)):
       continue
+    if key not in stored and fresh[key] in (None, "", False):
+      continue  # A field added since that run, at its off default: the run's config still holds.
     raise ValueError(
         f"{workdir} holds a run of a different config ({key}: {stored.get(key, '<absent>')!r} there, "
         f"{fresh.get(key, '<absent>')!r} now); use a new --workdir")

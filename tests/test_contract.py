@@ -245,3 +245,18 @@ def test_common_helpers_are_shared_not_copied():
       for name in ("def step_rng", "def _net_state", "def _apply_eval", "def eval_latents"):
         assert name not in source, f"{module} defines {name} again: use methods/common.py"
   assert common.EVAL_LATENT_SEED == 20190201
+
+
+def test_a_run_from_before_a_new_field_resumes_while_the_field_is_off(tmp_path):
+  """Fields added later (e.g. teacher_wide.init_from) default to off: an older run's config.json,
+  which lacks them, is still this config; set on, they make another config."""
+  import json
+  config = tiny_omgd_config()
+  checkpointing.write_config(str(tmp_path), config)
+  stored = json.loads((tmp_path / checkpointing.CONFIG_FILE).read_text())
+  del stored["teacher_wide"]["frozen"], stored["teacher_wide"]["init_from"]
+  (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(stored))
+  assert checkpointing.check_workdir_config(str(tmp_path), config)
+  config.teacher_wide.init_from = "teacher.pth"
+  with pytest.raises(ValueError, match="teacher_wide.init_from: '<absent>' there, 'teacher.pth' now"):
+    checkpointing.check_workdir_config(str(tmp_path), config)
