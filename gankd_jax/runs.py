@@ -82,7 +82,7 @@ def restore_run(workdir: str, *, mesh: jax.sharding.Mesh | None = None) -> Resto
   config = read_run_config(workdir)
   mesh = mesh or parallel.make_mesh(config.get("num_devices") or None)
   method = build_method(config)
-  frozen = method.load_frozen()
+  frozen = method.load_frozen(restoring=True)
   abstract = abstract_state(method, config.data, frozen, parallel.replicated(mesh))
   step, state = checkpointing.restore_latest(workdir, abstract)
   return RestoredRun(workdir, config, method, step, state, parallel.replicate(frozen, mesh), mesh)

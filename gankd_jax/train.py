@@ -287,7 +287,8 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
 
 def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> dict:
   config, workdir = run.config, run.workdir
-  frozen = parallel.replicate(run.method.load_frozen(), run.mesh)
+  restoring = checkpointing.latest_step(workdir) is not None
+  frozen = parallel.replicate(run.method.load_frozen(restoring=restoring), run.mesh)
   for note in run.method.notes():
     (logging.warning if note.level == WARNING else logging.info)("%s", note.text)
   checkpointing.write_config(workdir, config)

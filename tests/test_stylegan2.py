@@ -189,4 +189,5 @@ def test_training_starts_from_a_network_pickle():
   with pytest.raises(ValueError, match=r"uncond16.pkl:G .*mapping.fc0.weight has shape"):
     build_method(tiny_config(**{**UNCOND16, "generator.z_dim": 8})).load_frozen()
   with pytest.raises(ValueError, match="init_from: no such network pickle"):
-    build_method(tiny_config(init_from="missing.pkl"))
+    build_method(tiny_config(init_from="missing.pkl")).load_frozen()
+  assert not build_method(tiny_config(init_from="missing.pkl")).load_frozen(restoring=True)

@@ -195,8 +195,9 @@ class Aguinaldo(Method):
       return stage, True
     return stage, local % self.loss_cfg.n_critic == self.loss_cfg.n_critic - 1
 
-  def load_frozen(self) -> Any:
+  def load_frozen(self, restoring: bool = False) -> Any:
     """The frozen teacher's variables (none when the teacher trains in this run)."""
+    del restoring  # The teacher is needed by every step.
     if self.teacher_source is None:
       return {}
     z = jax.ShapeDtypeStruct((1, self.config.nz), jnp.float32)

@@ -118,9 +118,12 @@ class Method(abc.ABC):
     """Validates `config` (one-line ValueErrors); reads no file and computes nothing."""
     self.config = config
 
-  def load_frozen(self) -> PyTree:
+  def load_frozen(self, restoring: bool = False) -> PyTree:
     """Reads the fixed inputs of every step: never trained, never checkpointed (e.g. VGG16
-    weights, a teacher from another run). Called once, before `init_state`."""
+    weights, a teacher from another run). Called once, before `init_state`. `restoring`: the
+    state will come from a checkpoint, so what only `init_state` reads (weights to start from)
+    is not needed and need not exist any more."""
+    del restoring
     return {}
 
   @abc.abstractmethod

@@ -173,11 +173,11 @@ class OMGD(Method):
     """True on steps that also update the discriminator and the teachers."""
     return not self.frozen_teacher and step % self.config.n_dis == 0
 
-  def load_frozen(self):
+  def load_frozen(self, restoring: bool = False):
     """VGG16 weights, and the user's teacher: fixed ("teacher_wide") or to start from
-    ("teacher_wide_init")."""
+    ("teacher_wide_init", not needed when restoring)."""
     frozen = {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
-    if self.init_from:
+    if self.init_from and (self.frozen_teacher or not restoring):
       variables, notes = teacher_file.load_teacher(
           self.init_from, self.generators["teacher_wide"], self.image_size, "teacher_wide")
       self._notes.extend(Note(text) for text in notes)

@@ -177,8 +177,6 @@ class StyleGAN2(Method):
     self.g_optimizer = lazy_adam(config.optimizer, self.loss_cfg.pl_interval)
     self.d_optimizer = lazy_adam(config.optimizer, self.loss_cfg.r1_interval)
     self.init_from = config.get("init_from", "")
-    if self.init_from and not os.path.isfile(self.init_from):
-      raise ValueError(f"init_from: no such network pickle: {self.init_from}")
     self._notes = [Note(
         f"stylegan2 at {self.image_shape[0]} px: {self.generator.num_ws} ws, R1 gamma "
         f"{self.loss_cfg.r1_gamma} every {self.loss_cfg.r1_interval}, path length "
@@ -201,10 +199,13 @@ class StyleGAN2(Method):
     return (bool(cfg.pl_weight) and step % cfg.pl_interval == 0,
             bool(cfg.r1_gamma) and step % cfg.r1_interval == 0)
 
-  def load_frozen(self) -> Any:
-    """Nothing is frozen; with `init_from`, the pickle's G, G_ema and D to start from."""
-    if not self.init_from:
+  def load_frozen(self, restoring: bool = False) -> Any:
+    """Nothing is frozen; with `init_from`, the pickle's G, G_ema and D to start from (not read
+    when restoring: a run, its evaluation and `generate` no longer need the pickle)."""
+    if not self.init_from or restoring:
       return {}
+    if not os.path.isfile(self.init_from):
+      raise ValueError(f"init_from: no such network pickle: {self.init_from}")
     from gankd_jax.weights import network_pickle  # pylint: disable=import-outside-toplevel
     start = {}
     for name, module in (("G", self.generator), ("G_ema", self.generator),
