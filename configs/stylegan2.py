@@ -1,11 +1,16 @@
-"""StyleGAN2 teachers, trained as stylegan2-ada-pytorch's train.py trains them (no ADA).
+"""StyleGAN2 teachers, trained as stylegan2-ada-pytorch's train.py trains them (no ADA), in
+float32 everywhere (the reference runs its top 4 resolutions in float16, `num_fp16_res=4`;
+`conv_clamp` 256 is kept).
 
 Variants (`--config=configs/stylegan2.py:NAME`):
   small     (default) a small StyleGAN2 on the embedded digits (32x32 grey) that learns on two
             CPU cores within minutes; the teacher the NICKEL & DiME default distils.
   paper256  the reference's `--cfg=paper256` (FFHQ / LSUN at 256 px): channel_base 16384,
             channel_max 512, 8 mapping layers, R1 gamma 1, EMA 20 kimg, minibatch-std group 8;
-            batch 8 (the reference's per-GPU batch) on `--config.data.path=FOLDER`.
+            batch 8, the reference's per-GPU batch (its optimiser step averages 8 GPUs' = 64
+            images: `--config.batch_size=64` for that; group and path-length batch stay
+            per 8 only on 8 devices), x-flips on (the published FFHQ runs' `--mirror=1`), on
+            `--config.data.path=FOLDER`.
   cifar     the reference's `--cfg=cifar` at 32 px: 2 mapping layers, gamma 0.01, EMA 500 kimg
             with ramp-up 0.05, no path length, no style mixing, 'orig' discriminator.
 Every variant takes `--config.init_from=FILE.pkl` (a network pickle to fine-tune) and any
@@ -78,7 +83,7 @@ def get_config(variant: str = "small") -> ml_collections.ConfigDict:
     # Digits: FID on the embedded digit classifier's features (no download).
     # train.py's `auto` config at 32 px on one GPU (batch 32, R1 gamma 0.0002 * 32^2 / 32, EMA
     # 10 kimg with ramp-up 0.05, 2 mapping layers), at a width two CPU cores train in minutes:
-    # 64 channels up to 16 px, 32 at 32 px (auto: 512, 512, 512, 512).
+    # 64 channels up to 16 px, 32 at 32 px, z and w 64 (auto: 512 everywhere).
     config.generator.update(z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024,
                             channel_max=64)
     config.discriminator.update(channel_base=1024, channel_max=64, mbstd_group_size=4)

@@ -367,7 +367,9 @@ class StyleGAN2(Method):
                                 rngs={"noise": noise_key})
 
   def generate(self, state: StyleGAN2State, batch, frozen):
-    """G_ema on each example's fixed latent, noise fixed per evaluation batch."""
+    """G_ema on each example's fixed latent with random noise, as the reference's metrics run
+    it; the noise is drawn per evaluation batch (from its first index), so FIDs repeat exactly
+    at the same `eval.batch_size`."""
     index = batch["index"]
     z = common.eval_latents(index, self.z_dim)
     noise_key = jax.random.fold_in(jax.random.key(EVAL_NOISE_SEED), index[0])
