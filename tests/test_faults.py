@@ -134,6 +134,8 @@ def test_kill_during_a_checkpoint_write_then_resume_equals_uninterrupted(tmp_pat
 
   resumed = train.train_and_evaluate(tiny_config(), str(workdir))
   assert (resumed["steps"], resumed["steps_this_run"]) == (4, 2)
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # The leftover is removed.
+  # The leftover is removed, and checkpoint 2 with it: the run keeps its latest checkpoint
+  # (keep_checkpoints 1) plus the best evaluated one, and only step 4 was evaluated.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
   assert fingerprints(resumed) == reference["at_4"]
   assert resumed["eval_end"] == reference["summary_at_4"]["eval_end"]
