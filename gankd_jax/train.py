@@ -287,8 +287,9 @@ def train(run: Run, *, stop_after_steps: int | None = None) -> dict:
 
 def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> dict:
   config, workdir = run.config, run.workdir
-  restoring = checkpointing.latest_step(workdir) is not None
-  frozen = parallel.replicate(run.method.load_frozen(restoring=restoring), run.mesh)
+  # Everything, also when resuming: deciding "resuming" here would open a CheckpointManager, whose
+  # cross-process barriers race with other processes' own (restore_run, alone, skips init inputs).
+  frozen = parallel.replicate(run.method.load_frozen(), run.mesh)
   for note in run.method.notes():
     (logging.warning if note.level == WARNING else logging.info)("%s", note.text)
   checkpointing.write_config(workdir, config)

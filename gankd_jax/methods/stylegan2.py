@@ -201,7 +201,8 @@ class StyleGAN2(Method):
 
   def load_frozen(self, restoring: bool = False) -> Any:
     """Nothing is frozen; with `init_from`, the pickle's G, G_ema and D to start from (not read
-    when restoring: a run, its evaluation and `generate` no longer need the pickle)."""
+    when restoring: evaluating a run and `generate` do not need the pickle; the training loop,
+    resuming, reads it again)."""
     if not self.init_from or restoring:
       return {}
     if not os.path.isfile(self.init_from):
