@@ -37,10 +37,11 @@ of scikit-learn's handwritten digits (digits.py):
   permutation, alternately to A and to B, so no image appears in both domains. Held out by image:
   testA/testB come from digits' held-out test split.
 - Why light strokes on a dark ground for B (not dark ink on paper): the digit classifier sees the
-  channel mean, and on an inverted digit it is out of its training distribution (its accuracy
-  falls to chance), so FID features there say little about the digits; with B as rendered here it
-  still recognises them (measured in tests/test_unpaired_data.py), so FID against B measures both
-  the style (thickness, contrast) and whether the digits survive the translation.
+  channel mean, and an inverted digit is outside its training distribution (test accuracy 4 % on
+  inverted B, 96 % on B as rendered here, 99 % on A, at 64 px; tests/test_unpaired_data.py
+  checks > 90 %), so its features would say little about the digits. As rendered, FID against B
+  measures both the style and whether the digits survive: with the statistics of all real B
+  images, testB scores 1.8 and testA untranslated 1122 (64 px).
 - Why it is learnable in minutes on a CPU: A -> B is local (a colour map plus a dilation of a few
   pixels), within a ResNet generator's receptive field, on ~720 images per domain of 64 px.
 Images are rendered at `crop_size` (8x8 digits, bicubic, like digits.py), deterministic, and cached
@@ -398,7 +399,7 @@ def render_b(stroke: np.ndarray) -> np.ndarray:
 def build_embedded(split: str, crop_size: int) -> dict[str, np.ndarray]:
   """{'A', 'B': uint8 (N, S, S, 3), 'labels_A', 'labels_B', 'digit_A', 'digit_B': (N,) int32}
   of the digits split 'train' or 'test' ('digit_*': index into load_digits)."""
-  raw, labels = digits._load_raw()  # pylint: disable=protected-access
+  raw, labels = digits._load_raw()  # the raw 8x8 digits: indices name images globally
   halves = deal_domains(labels, digits.split_indices(labels, split))
   out = {}
   for name, render in (("A", render_a), ("B", render_b)):
