@@ -16,6 +16,7 @@ import pytest
 from gankd_jax.losses import cycle
 from gankd_jax.models.patchgan import NLayerDiscriminator
 from gankd_jax.weights import discriminator_pth, generator_pth
+from gankd_jax.weights.torch_pth import save_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "cycle")
 TERMS = ("gan_a", "gan_b", "cycle_a", "cycle_b", "idt_a", "idt_b")
@@ -158,6 +159,21 @@ def test_nlayer_discriminator_shapes_and_parameter_count():
   assert "conv1" in variables["params"] and "bias" not in variables["params"]["conv1"]["conv"]
   assert set(variables["batch_stats"]) == {"norm1", "norm2"}
   assert variables["params"]["conv3"]["conv"]["kernel"].shape == (4, 4, 16, 1)
+
+
+def test_batch_norm_discriminator_and_pth_file(tmp_path):
+  """A BatchNorm PatchGAN (running statistics, eval mode) read from a `.pth` file with the
+  `module.` prefix DataParallel adds: our logits equal the reference's."""
+  arrays = _load("discriminators")
+  state = {f"module.{k}": v for k, v in _state(arrays, "D_batch").items()}
+  save_state_dict(tmp_path / "net_D.pth", state)
+  module, variables, spec = discriminator_pth.load_discriminator(tmp_path / "net_D.pth")
+  assert spec == discriminator_pth.DiscriminatorSpec(ndf=4, n_layers=2, norm="batch")
+  real_a = _nhwc(_load("mobile_resnet")["real_A"])
+  logits = module.apply(variables, real_a, train=False)
+  ref = _nhwc(arrays["D_batch_logits"])
+  assert float(np.std(ref)) > 0.05
+  np.testing.assert_allclose(np.asarray(logits), ref, rtol=0, atol=1e-5)
 
 
 def test_discriminator_converter_refuses_other_files():
