@@ -19,7 +19,8 @@ from typing import Union
 
 from gankd_jax.models import dcgan
 from gankd_jax.models.layers import count_params
-from gankd_jax.models.patchgan import MultiPatchDiscriminator, patch_output_size
+from gankd_jax.models.patchgan import (MultiPatchDiscriminator, NLayerDiscriminator,
+                                      patch_output_size)
 from gankd_jax.models.resnet import (MobileResnetDeepestGenerator, MobileResnetGenerator,
                                      ResnetGenerator)
 from gankd_jax.models.unet import UnetDeepestGenerator, UnetGenerator
@@ -142,6 +143,7 @@ __all__ = [
     "build_latent_generator", "check_latent_image_size",
     "GENERATORS", "build_generator", "build_discriminator", "check_image_size",
     "check_discriminator_size",
-    "count_params", "MultiPatchDiscriminator", "UnetGenerator", "UnetDeepestGenerator",
+    "count_params", "MultiPatchDiscriminator", "NLayerDiscriminator", "UnetGenerator",
+    "UnetDeepestGenerator",
     "ResnetGenerator", "MobileResnetGenerator", "MobileResnetDeepestGenerator",
 ]

@@ -19,6 +19,13 @@ shared block is dead weight (never used, never trained). Only used parameters ex
 Defaults: ``ndf=128`` (OMGD ``--ndf``), ``norm='batch'`` (the module's default and OMGD's U-Net
 runs; its ResNet runs pass ``norm='instance'``), ``n_share=3`` (``define_D``'s default and the
 ResNet scripts; the U-Net scripts use 5, the CLI default is 0).
+
+``NLayerDiscriminator`` is the plain single-branch PatchGAN of ``--netD n_layers`` (reference
+``NLayerDiscriminator``; CycleGAN's D_A / D_B with n_layers 3, ndf 64, instance norm): conv
+4x4/s2 (bias) + LeakyReLU, then ``n_layers - 1`` conv 4x4/s2 + norm + LeakyReLU with widths
+``min(2^n, 8) ndf``, one conv 4x4/s1 + norm + LeakyReLU, and a conv 4x4/s1 (bias) to one logit;
+all pad 1. Its convs are named ``conv<i>`` / ``norm<i>`` by layer (see
+``gankd_jax/weights/discriminator_pth.py`` for the torch names).
 """
 from __future__ import annotations
 
@@ -89,3 +96,33 @@ class MultiPatchDiscriminator(nn.Module):
         hb = DiscBlock(i, self.ndf, self.norm, name=f"branch{b}_{i}")(hb, train=train)
       outputs.append(hb)
     return tuple(outputs)
+
+
+def nlayer_widths(ndf: int, n_layers: int) -> list[int]:
+  """Output channels of the reference NLayerDiscriminator's convs, the logit conv last."""
+  return [ndf * min(2 ** i, 8) for i in range(n_layers + 1)] + [1]
+
+
+class NLayerDiscriminator(nn.Module):
+  """The plain PatchGAN (reference ``NLayerDiscriminator``): images -> (N, h, w, 1) logits."""
+
+  ndf: int = 64
+  n_layers: int = 3
+  norm: str = "instance"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    check_norm(self.norm)
+    if not isinstance(self.n_layers, int) or self.n_layers < 1:
+      raise ValueError("NLayerDiscriminator: n_layers must be an integer >= 1, "
+                       f"got {self.n_layers!r}")
+    widths = nlayer_widths(self.ndf, self.n_layers)
+    h = x
+    for i, width in enumerate(widths[:-1]):
+      # The first conv has a bias; the others only before instance norm (no affine shift).
+      h = Conv(width, 4, stride=2 if i < self.n_layers else 1, padding=1,
+               use_bias=i == 0 or conv_bias_for(self.norm), name=f"conv{i}")(h)
+      if i > 0:
+        h = Norm(self.norm, name=f"norm{i}")(h, train=train)
+      h = leaky_relu(h)
+    return Conv(1, 4, stride=1, padding=1, use_bias=True, name=f"conv{len(widths) - 1}")(h)
