@@ -726,7 +726,9 @@ class Discriminator(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, img, c):
+  def __call__(self, img, c, return_features: bool = False):
+    """`return_features`: also each block's output {its resolution: NHWC} (block b{2r} gives
+    resolution r), as NICKEL & DiME's networks_DD.py returns them."""
     if img.shape[1:] != (self.img_resolution, self.img_resolution, self.img_channels):
       raise ValueError(f"stylegan2: discriminator takes [N, {self.img_resolution}, "
                        f"{self.img_resolution}, {self.img_channels}] images, got {list(img.shape)}")
@@ -736,18 +738,21 @@ class Discriminator(nn.Module):
     cmap_dim = 0 if self.c_dim == 0 else cmap_dim
     x = None
     img = img.astype(jnp.float32)
+    features = {}
     for res in resolutions:
       x, img = DiscriminatorBlock(
           chans[res] if res < self.img_resolution else 0, chans[res], chans[res // 2], res,
           self.img_channels, self.architecture, self.conv_clamp, name=f"b{res}")(x, img)
+      features[res // 2] = x
     cmap = None
     if self.c_dim > 0:
       cmap = MappingNetwork(z_dim=0, c_dim=self.c_dim, w_dim=cmap_dim, num_ws=None,
                             w_avg_beta=None, name="mapping",
                             **_kwargs(self.mapping_kwargs))(None, c)
-    return DiscriminatorEpilogue(chans[4], cmap_dim, 4, self.img_channels, self.architecture,
-                                 conv_clamp=self.conv_clamp, name="b4",
-                                 **_kwargs(self.epilogue_kwargs))(x, img, cmap)
+    logits = DiscriminatorEpilogue(chans[4], cmap_dim, 4, self.img_channels, self.architecture,
+                                   conv_clamp=self.conv_clamp, name="b4",
+                                   **_kwargs(self.epilogue_kwargs))(x, img, cmap)
+    return (logits, features) if return_features else logits
 
 
 # ---------------------------------------------------------------------------------------------
