@@ -6,10 +6,11 @@ file system and PIL, and the command line runs it before those imports; `train.p
 again (cheap: image checks are cached) for callers that skip the command line.
 
 It also applies the data-source rule: a given `data.path` selects the folder source of the
-config's data family (`embedded_edges2photo` -> `pix2pix_folder`, `digits` -> `image_folder`),
-so a path is never silently ignored, and config.json records the source actually used; a path
-beside a TFDS name is an error naming the conflict. Image folders are decoded in full here
-(data/images.py), so a truncated file fails before a workdir is made.
+config's data family (`embedded_edges2photo` -> `pix2pix_folder`, `digits` -> `image_folder`,
+`embedded_unpaired` -> `cycle_gan_folder`), so a path is never silently ignored, and config.json
+records the source actually used; a path beside a TFDS name is an error naming the conflict.
+Image folders are decoded in full here (data/images.py), so a truncated file fails before a
+workdir is made.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 import ml_collections
 
 from gankd_jax import data
-from gankd_jax.data import digits, embedded, unconditional
+from gankd_jax.data import digits, embedded, unconditional, unpaired
 
 # The folder source that a data.path selects, per embedded source of each data family.
-FOLDER_SOURCE = {embedded.DATASET_NAME: data.FOLDER_NAME, digits.DATASET_NAME: unconditional.FOLDER_NAME}
-FOLDER_SOURCES = (data.FOLDER_NAME, unconditional.FOLDER_NAME)
+FOLDER_SOURCE = {embedded.DATASET_NAME: data.FOLDER_NAME,
+                 digits.DATASET_NAME: unconditional.FOLDER_NAME,
+                 unpaired.EMBEDDED_NAME: unpaired.FOLDER_NAME}
+FOLDER_SOURCES = (data.FOLDER_NAME, unconditional.FOLDER_NAME, unpaired.FOLDER_NAME)
+# Data sources read from TFDS, for which a data.path would be silently ignored.
+TFDS_SOURCES = (*unconditional.TFDS_NAMES, unpaired.TFDS_NAME)
 POSITIVE_FIELDS = ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every")
 # Per method: widths that must be positive integers, and those that may also be 0 ("the
 # teacher's"), named by their field path so an error says which network.
@@ -62,10 +67,11 @@ def select_data_source(data_config: ml_collections.ConfigDict) -> list[str]:
   if name in FOLDER_SOURCE:
     data_config.name = FOLDER_SOURCE[name]
     return [f"data.path is set, so data.name is {data_config.name} (not {name})"]
-  if name in unconditional.TFDS_NAMES:
+  if name in TFDS_SOURCES:
+    folder = unpaired.FOLDER_NAME if name == unpaired.TFDS_NAME else unconditional.FOLDER_NAME
     raise ValueError(
         f"data.path={path} is set but data.name={name} reads TFDS, which ignores it: set "
-        f"--config.data.name={unconditional.FOLDER_NAME} to train on that folder's images, or "
+        f"--config.data.name={folder} to train on that folder's images, or "
         f"--config.data.data_dir={path} if it is TFDS's data folder (and leave data.path unset)")
   return []
 

@@ -1,7 +1,9 @@
 """Image data: dataset sources, their transforms and the global-batch pipeline.
 
 Paired datasets (x -> y) yield (A, B) pairs; unconditional ones (`unconditional.py`: embedded
-digits, TFDS mnist / cifar10 / celeb_a, a plain image folder) yield {"image", "index"} dicts.
+digits, TFDS mnist / cifar10 / celeb_a, a plain image folder) yield {"image", "index"} dicts;
+unpaired ones (`unpaired.py`: embedded two-style digits, CycleGAN folders, TFDS cycle_gan) yield
+{"A", "B"} with B drawn at random in training, {"A", "B", "mask_A", "mask_B"} in evaluation.
 
 `build_dataset(config.data, 'train' | 'eval')` gives a dataset with `num_examples`,
 `image_shape`, `get(index)` (raw uint8 pair) and `example(index, rng)` (float32 [-1, 1] pair);
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gankd_jax.data import digits, unconditional
+from gankd_jax.data import digits, unconditional, unpaired
 from gankd_jax.data.embedded import DATASET_NAME as EMBEDDED_NAME
 from gankd_jax.data.embedded import EmbeddedEdgesToPhoto
 from gankd_jax.data.paired import (AlignedFolderDataset, PairedDataset, PairTransform,
@@ -20,13 +22,14 @@ from gankd_jax.data.pipeline import GlobalBatchIterator, eval_batches, num_eval_
 
 FOLDER_NAME = "pix2pix_folder"
 UNCONDITIONAL_NAMES = (digits.DATASET_NAME, *unconditional.TFDS_NAMES, unconditional.FOLDER_NAME)
-DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES)
+UNPAIRED_NAMES = unpaired.DATASET_NAMES
+DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES, *UNPAIRED_NAMES)
 SPLITS = ("train", "eval", "val", "test")
 
 __all__ = [
     "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedEdgesToPhoto", "GlobalBatchIterator",
     "PairTransform", "PairedDataset", "build_dataset", "default_data_config", "eval_batches",
-    "num_eval_steps", "unconditional_data_config",
+    "num_eval_steps", "unconditional_data_config", "unpaired_data_config",
 ]
 
 
@@ -59,6 +62,23 @@ def unconditional_data_config() -> ml_collections.ConfigDict:
   })
 
 
+def unpaired_data_config() -> ml_collections.ConfigDict:
+  """Data config of the unpaired (CycleGAN) datasets, with defaults: embedded digits at 64x64."""
+  return ml_collections.ConfigDict({
+      "name": unpaired.EMBEDDED_NAME,  # embedded_unpaired | cycle_gan_folder | cycle_gan (TFDS)
+      "path": ml_collections.FieldReference(None, field_type=str),  # cycle_gan_folder's folder
+      "tfds_name": "horse2zebra",  # TFDS cycle_gan/<tfds_name>
+      "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
+      "crop_size": 64,
+      # None: round(crop_size * 286 / 256), the reference's 286 -> 256.
+      "load_size": ml_collections.FieldReference(None, field_type=int),
+      "flip": True,
+      "eval_split": ml_collections.FieldReference(None, field_type=str),  # None: test
+      "holdout_fraction": 0.1,  # eval_split=holdout: this part of each train domain is held out
+      "num_threads": 8,
+  })
+
+
 def build_dataset(data_config, split: str):
   """Dataset named by `data_config.name` for `split` ('train' or 'eval'; 'val'/'test' pick
   that folder explicitly). Only 'train' applies random crop/flip."""
@@ -69,6 +89,8 @@ def build_dataset(data_config, split: str):
     return digits.build(data_config, split)
   if name in UNCONDITIONAL_NAMES:
     return unconditional.build(data_config, split)
+  if name in UNPAIRED_NAMES:
+    return unpaired.build(data_config, split)
   if name == EMBEDDED_NAME:
     transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
                                     data_config.get("flip", True), train=split == "train")
