@@ -27,15 +27,15 @@ FFHQ_VARIANTS = {f"ffhq256_p{round(p * 100)}": p for p in PAPER_MACS_REDUCTION}
 VARIANTS = ("small", *FFHQ_VARIANTS)
 
 
-def _phi(network: str, first: float, second: float, *, resize: int = 0,
-         normalization: str = "none") -> ml_collections.ConfigDict:
-  """A DiME embedding network: its name in the registry, weights file ("": the download cache,
-  else a one-line error naming this field), input normalisation (none: [-1, 1] as the
-  reference feeds), resize (0: none; CLIP: 224), the weights of the first and second moments,
-  and random_init (only for tests and ablations: a randomly initialised phi)."""
+def _phi(network: str, first: float, second: float) -> ml_collections.ConfigDict:
+  """A DiME embedding network (gankd_jax/models/embedding.py, or the shipped digit_classifier):
+  its name, weights file (required unless random_init; a missing one is a one-line error naming
+  this field), input normalisation (none: [-1, 1] as the reference feeds; imagenet; clip; images
+  are resized to the network's input size, CLIP's 224 as the reference), the weights of the
+  first and second moments, and random_init (ablations only: a randomly initialised phi)."""
   return ml_collections.ConfigDict({
-      "network": network, "weights": "", "normalization": normalization, "resize": resize,
-      "first_weight": first, "second_weight": second, "random_init": False})
+      "network": network, "weights": "", "normalization": "none", "first_weight": first,
+      "second_weight": second, "random_init": False})
 
 
 def get_config(variant: str = "small") -> ml_collections.ConfigDict:
@@ -80,12 +80,14 @@ def get_config(variant: str = "small") -> ml_collections.ConfigDict:
     config.num_train_steps = 1000
   else:
     config.student.pruning_ratio = FFHQ_VARIANTS[variant]
+    # Printed by model_stats next to the measured reduction.
+    config.paper_macs_reduction = PAPER_MACS_REDUCTION[config.student.pruning_ratio]
     config.nickel.resolution = 64
     config.nickel.levels = 4
     config.dime.num_target_samples = 10000
     config.dime.networks = ml_collections.ConfigDict()
     config.dime.networks.dino = _phi("resnet50", 20.0, 20.0)
-    config.dime.networks.clip = _phi("clip_rn50", 15.0, 15.0, resize=224)
+    config.dime.networks.clip = _phi("clip_rn50", 15.0, 15.0)
     config.batch_size = 64                 # The reference's 4 GPUs x ... = 64 images per step.
     config.num_train_steps = 40_000_000 // 64  # kimg 40000.
   return config

@@ -94,45 +94,35 @@ class Embedding:
   second_weight: float
 
 
-def _normalize(images, normalization: str):
-  if normalization == "none":  # The reference feeds [-1, 1] images as they are.
-    return images
-  if normalization == "imagenet":
-    mean, std = jnp.array([0.485, 0.456, 0.406]), jnp.array([0.229, 0.224, 0.225])
-  else:  # clip
-    mean = jnp.array([0.48145466, 0.4578275, 0.40821073])
-    std = jnp.array([0.26862954, 0.26130258, 0.27577711])
-  images = (images + 1.0) / 2.0
-  if images.shape[-1] == 1:
-    images = jnp.repeat(images, 3, axis=-1)
-  return (images - mean) / std
+def embedding_names() -> tuple[str, ...]:
+  """The phi networks DiME can use, by name."""
+  try:
+    from gankd_jax.models import embedding  # pylint: disable=import-outside-toplevel
+    return ("digit_classifier", *embedding.EMBEDDINGS)
+  except ImportError:
+    return ("digit_classifier",)
 
 
 def load_embedding(name: str, entry: ml_collections.ConfigDict) -> Embedding:
   """phi by network name: `digit_classifier` (shipped weights, for digit data) or a network of
-  gankd_jax.models.embedding's registry (resnet50 / DINO, clip_rn50, inception, vgg16)."""
+  gankd_jax.models.embedding's registry (resnet50 for DINO, clip_rn50, inception, vgg16)."""
+  if entry.network not in embedding_names():
+    raise ValueError(f"dime.networks.{name}.network: unknown '{entry.network}'; choose from "
+                     f"{', '.join(embedding_names())}")
   if entry.network == "digit_classifier":
+    if entry.normalization != "none":
+      raise ValueError(f"dime.networks.{name}.normalization: digit_classifier takes [-1, 1] "
+                       f"images as they are (none), not {entry.normalization}")
     from gankd_jax.metrics import digit_classifier  # pylint: disable=import-outside-toplevel
     variables = digit_classifier.load_weights(entry.weights or None)
     apply = lambda v, x: digit_classifier.apply(v, x)["features"]
-  else:
-    try:
-      from gankd_jax.models import embedding  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-      raise ValueError(f"dime.networks.{name}.network='{entry.network}': the embedding registry "
-                       f"is not available ({error})") from error
-    apply, variables = embedding.load(entry.network, entry.weights,
-                                      random_init=entry.get("random_init", False),
-                                      flag=f"--config.dime.networks.{name}.weights")
-  normalization, resize = entry.normalization, entry.get("resize", 0)
-
-  def embed(variables, images):
-    if resize:  # CLIP: bilinear to 224, align_corners=False, no antialiasing (F.interpolate).
-      images = jax.image.resize(images, (images.shape[0], resize, resize, images.shape[3]),
-                                "bilinear", antialias=False)
-    return apply(variables, _normalize(images, normalization)).astype(jnp.float32)
-
-  return Embedding(name, embed, variables, float(entry.first_weight), float(entry.second_weight))
+  else:  # Resizes (CLIP: 224, bilinear) and normalises as the entry says.
+    from gankd_jax.models import embedding  # pylint: disable=import-outside-toplevel
+    apply, variables = embedding.make_embedding(
+        entry.network, entry.weights or None, normalization=entry.normalization,
+        random_init=entry.random_init, flag=f"--config.dime.networks.{name}.weights")
+  return Embedding(name, lambda v, x: apply(v, x).astype(jnp.float32), variables,
+                   float(entry.first_weight), float(entry.second_weight))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -374,17 +374,19 @@ def _spec(name: str) -> EmbeddingSpec:
 
 def make_embedding(name: str, weights: str | os.PathLike | None = None, *,
                    normalization: str | None = None, random_init: bool = False, seed: int = 0,
+                   flag: str | None = None,
                    **fields) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
   """`(apply, variables)` of the embedding `name`: `apply(variables, images)` maps NHWC images
   in [-1, 1] to (N, dim) features (resize, normalisation, network; pure, so jit- and
   grad-friendly). `fields` override the architecture (tiny test sizes). Without `weights` this
-  raises unless `random_init=True`; a missing file raises naming it and the flag."""
+  raises unless `random_init=True`; a missing file raises naming it and the flag (`flag`, by
+  default `weights_flag(name)`)."""
   spec = _spec(name)
   normalization = spec.normalization if normalization is None else normalization
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"DiME embedding {name}: unknown input normalization {normalization!r}; "
                      f"expected one of {', '.join(NORMALIZATIONS)}")
-  flag = weights_flag(name)
+  flag = flag or weights_flag(name)
   if weights is None and not random_init:
     raise ValueError(f"DiME embedding {name} needs weights ({spec.weights_file}): pass {flag}=FILE "
                      "(or ask for a random phi explicitly)")
