@@ -60,10 +60,17 @@ def main(argv):
   for role, s in networks.items():
     print(f"{role:<16}{s['params']:>14,}{s['macs']:>18,}   {s['params'] / 1e6:.3f} M, {s['macs'] / 1e9:.3f} G")
   student = networks.get("student")
-  for role in (r for r in networks if r.startswith("teacher") and student):
+  generators = [r for r in networks if r.startswith("teacher") and "discriminator" not in r]
+  for role in (r for r in generators if student):
     t = networks[role]
     print(f"student vs {role}: {t['params'] / student['params']:.1f}x fewer params, "
-          f"{t['macs'] / max(student['macs'], 1):.1f}x fewer MACs")
+          f"{t['macs'] / max(student['macs'], 1):.1f}x fewer MACs, MACs reduced by "
+          f"{100 * (1 - student['macs'] / t['macs']):.2f} %")
+  paper = FLAGS.config.get("paper_macs_reduction")
+  if paper:
+    print(f"the paper's MACs reduction for this setup: {paper:.2f} % (MACs here count "
+          "convolutions, modulated convolutions and fully connected layers, not the FIR "
+          "resampling filters, as the StyleGAN-compression papers count them)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ _METHOD_MODULES = {
     "omgd": ("gankd_jax.methods.omgd", "OMGD"),
     "aguinaldo": ("gankd_jax.methods.aguinaldo", "Aguinaldo"),
     "stylegan2": ("gankd_jax.methods.stylegan2", "StyleGAN2"),
+    "nickel_dime": ("gankd_jax.methods.nickel_dime", "NickelDiMe"),
 }
 
 

@@ -53,7 +53,7 @@ GENERATOR_KEYS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "
 MAPPING_KEYS = ("num_layers", "embed_features", "layer_features", "activation", "lr_multiplier",
                 "w_avg_beta")
 SYNTHESIS_KEYS = ("channel_base", "channel_max", "num_fp16_res", "fp16_channels_last",
-                  "architecture", "conv_clamp", "resample_filter", "use_noise")
+                  "architecture", "conv_clamp", "resample_filter", "use_noise", "pruning_ratio")
 DISCRIMINATOR_KEYS = ("c_dim", "img_resolution", "img_channels", "architecture", "channel_base",
                       "channel_max", "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs",
                       "mapping_kwargs", "epilogue_kwargs")
@@ -259,6 +259,12 @@ def _check_filter(resample_filter) -> None:
 def channels_dict(resolutions, channel_base: int, channel_max: int) -> dict:
   """Feature channels per resolution: min(channel_base // res, channel_max)."""
   return {res: min(channel_base // res, channel_max) for res in resolutions}
+
+
+def pruned_channels(channels: int, pruning_ratio: float) -> int:
+  """Channels a layer keeps when a fraction `pruning_ratio` is pruned: ceil((1 - p) C), as
+  NICKEL & DiME's networks_DD.py (it removes int(p C) channels per layer)."""
+  return int(math.ceil((1.0 - pruning_ratio) * channels))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,10 +517,14 @@ class SynthesisNetwork(nn.Module):
   architecture: str = "skip"
   conv_clamp: Optional[float] = None
   use_noise: bool = True
+  # A channel-pruned student's widths (NICKEL & DiME's networks_DD.py): ceil((1 - p) C) per layer.
+  pruning_ratio: float = 0.0
 
   def __post_init__(self):
     _check_network(self.img_resolution, self.channel_base, self.channel_max)
     _check_architecture(self.architecture)
+    if not 0.0 <= self.pruning_ratio < 1.0:
+      raise ValueError(f"stylegan2: pruning_ratio must be in [0, 1), got {self.pruning_ratio}")
     super().__post_init__()
 
   @property
@@ -523,7 +533,8 @@ class SynthesisNetwork(nn.Module):
 
   def block_args(self) -> list[dict]:
     """Constructor arguments of each block, in order."""
-    chans = channels_dict(self.block_resolutions, self.channel_base, self.channel_max)
+    chans = {res: pruned_channels(c, self.pruning_ratio) for res, c in
+             channels_dict(self.block_resolutions, self.channel_base, self.channel_max).items()}
     return [dict(in_channels=chans[res // 2] if res > 4 else 0, out_channels=chans[res],
                  w_dim=self.w_dim, resolution=res, img_channels=self.img_channels,
                  is_last=res == self.img_resolution, architecture=self.architecture,
@@ -535,7 +546,8 @@ class SynthesisNetwork(nn.Module):
     return synthesis_num_ws(self.img_resolution)
 
   @nn.compact
-  def __call__(self, ws, noise_mode: str = "random"):
+  def __call__(self, ws, noise_mode: str = "random", return_features: bool = False):
+    """`return_features`: also each block's feature output {resolution: NHWC} (NICKEL's taps)."""
     _check_noise_mode(noise_mode)
     if ws.shape[1:] != (self.num_ws, self.w_dim):
       raise ValueError(f"stylegan2: synthesis ws must be [N, {self.num_ws}, {self.w_dim}], "
@@ -543,12 +555,14 @@ class SynthesisNetwork(nn.Module):
     ws = ws.astype(jnp.float32)
     x = img = None
     w_idx = 0
+    features = {}
     for args in self.block_args():
       block = SynthesisBlock(name=f"b{args['resolution']}", **args)
       n = block.num_conv
       x, img = block(x, img, ws[:, w_idx:w_idx + n + block.num_torgb], noise_mode)
+      features[args["resolution"]] = x
       w_idx += n
-    return img
+    return (img, features) if return_features else img
 
 
 class Generator(nn.Module):
@@ -712,7 +726,9 @@ class Discriminator(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, img, c):
+  def __call__(self, img, c, return_features: bool = False):
+    """`return_features`: also each block's output {its resolution: NHWC} (block b{2r} gives
+    resolution r), as NICKEL & DiME's networks_DD.py returns them."""
     if img.shape[1:] != (self.img_resolution, self.img_resolution, self.img_channels):
       raise ValueError(f"stylegan2: discriminator takes [N, {self.img_resolution}, "
                        f"{self.img_resolution}, {self.img_channels}] images, got {list(img.shape)}")
@@ -722,18 +738,21 @@ class Discriminator(nn.Module):
     cmap_dim = 0 if self.c_dim == 0 else cmap_dim
     x = None
     img = img.astype(jnp.float32)
+    features = {}
     for res in resolutions:
       x, img = DiscriminatorBlock(
           chans[res] if res < self.img_resolution else 0, chans[res], chans[res // 2], res,
           self.img_channels, self.architecture, self.conv_clamp, name=f"b{res}")(x, img)
+      features[res // 2] = x
     cmap = None
     if self.c_dim > 0:
       cmap = MappingNetwork(z_dim=0, c_dim=self.c_dim, w_dim=cmap_dim, num_ws=None,
                             w_avg_beta=None, name="mapping",
                             **_kwargs(self.mapping_kwargs))(None, c)
-    return DiscriminatorEpilogue(chans[4], cmap_dim, 4, self.img_channels, self.architecture,
-                                 conv_clamp=self.conv_clamp, name="b4",
-                                 **_kwargs(self.epilogue_kwargs))(x, img, cmap)
+    logits = DiscriminatorEpilogue(chans[4], cmap_dim, 4, self.img_channels, self.architecture,
+                                   conv_clamp=self.conv_clamp, name="b4",
+                                   **_kwargs(self.epilogue_kwargs))(x, img, cmap)
+    return (logits, features) if return_features else logits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,11 +34,14 @@ class VGG16FC2(nn.Module):
   """`__call__(images in [0, 1], NHWC) -> (N, 4096)` fc2+ReLU features of torchvision's VGG16."""
 
   precision: jax.lax.Precision = HIGHEST
+  # False: the caller has normalised the input already (models/embedding.py's DiME wrapper).
+  imagenet_normalize: bool = True
 
   @nn.compact
   def __call__(self, images):
     x = resize_bilinear(images.astype(jnp.float32), INPUT_SIZE, INPUT_SIZE, self.precision)
-    x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+    if self.imagenet_normalize:
+      x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
     index = 0
     for item in _FEATURES_CFG:
       if item == "M":

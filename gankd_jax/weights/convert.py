@@ -11,6 +11,7 @@ are named, so a Flax leaf `(collection, *module_path, leaf)` corresponds to the 
   params/scale          <- <module>.weight        (BatchNorm gamma)
   batch_stats/mean      <- <module>.running_mean
   batch_stats/var       <- <module>.running_var
+  params/positional_embedding <- <module>.positional_embedding   (as is)
 
 Expected tensors are listed in the network's definition order, so a file of another architecture
 is reported by the *first* tensor that is missing or has the wrong shape. Extra tensors in the file
@@ -39,6 +40,7 @@ TORCH_LEAF = {
     ("params", "scale"): "weight",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("params", "positional_embedding"): "positional_embedding",  # CLIP's AttentionPool2d
 }
 
 

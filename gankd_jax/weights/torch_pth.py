@@ -21,7 +21,8 @@ names a tensor checkpoint needs (tensor/parameter rebuild functions, storage cla
 OrderedDict) to *our own* NumPy-based stand-ins, and refuses everything else with
 `ValueError("refusing to load <path>: pickle calls <module.name>")` before any call happens.
 `RestrictedUnpickler` takes extra allowed globals, for readers of richer pickles
-(weights/network_pickle.py).
+(weights/network_pickle.py), and module prefixes whose classes become inert `PickledObject`
+records (e.g. `__torch__` for a TorchScript archive's modules, whose state dicts hold the tensors).
 """
 from __future__ import annotations
 
@@ -161,6 +162,30 @@ def _fresh_allowed_globals() -> dict[tuple[str, str], Any]:
   return allowed
 
 
+class PickledObject:
+  """Inert record of an instance of a class we do not import (`stub_prefixes`): NEWOBJ/REDUCE
+  arguments and the BUILD state are stored, nothing of the original class runs."""
+
+  pickled_class = "?"
+
+  def __new__(cls, *args, **kwargs):
+    del kwargs
+    instance = super().__new__(cls)
+    instance.args = args
+    instance.state = None
+    return instance
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def __setstate__(self, state):
+    self.state = state
+
+
+def _stub_class(module: str, name: str) -> type:
+  return type(name, (PickledObject,), {"pickled_class": f"{module}.{name}"})
+
+
 StorageLoader = Callable[[_StorageType, str, int, Any], _Storage]
 
 
@@ -170,21 +195,27 @@ def _as_str(value) -> str:
 
 class RestrictedUnpickler(pickle.Unpickler):
   """Unpickler that resolves only allow-listed globals (the tensor ones plus `extra_globals`,
-  `(module, name) -> object`) and gets storages from `load_storage(type, key, numel, view)`;
-  without it, any persistent id is refused."""
+  `(module, name) -> object`; classes of modules under `stub_prefixes` become `PickledObject`
+  records) and gets storages from `load_storage(type, key, numel, view)`; without it, any
+  persistent id is refused."""
 
   def __init__(self, file, path: str, load_storage: StorageLoader | None = None,
-               extra_globals: Mapping[tuple[str, str], Any] | None = None):
+               extra_globals: Mapping[tuple[str, str], Any] | None = None,
+               stub_prefixes: tuple[str, ...] = ()):
     super().__init__(file, encoding="utf-8")  # Python 2 `str` (e.g. 2017 .pth keys) as text.
     self._path = path
     self._load_storage = load_storage
     self._allowed = _fresh_allowed_globals()
     self._allowed.update(extra_globals or {})
+    self._stub_prefixes = tuple(stub_prefixes)
 
   def find_class(self, module: str, name: str):
     try:
       return self._allowed[(module, name)]
     except KeyError:
+      if any(module == prefix or module.startswith(prefix + ".") for prefix in self._stub_prefixes):
+        self._allowed[(module, name)] = _stub_class(module, name)
+        return self._allowed[(module, name)]
       raise ValueError(f"refusing to load {self._path}: pickle calls {module}.{name}") from None
 
   def persistent_load(self, pid):
@@ -325,9 +356,10 @@ def _swap_to_little_endian(obj):
   return obj
 
 
-def load_pth(path: str | os.PathLike) -> Any:
+def load_pth(path: str | os.PathLike, stub_prefixes: tuple[str, ...] = ()) -> Any:
   """Load a torch checkpoint (zip or legacy format); tensors come back as NumPy arrays,
-  containers as they were."""
+  containers as they were. Instances of classes under `stub_prefixes` (zip format only, e.g.
+  `("__torch__",)` for a TorchScript archive) come back as `PickledObject` records."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise ValueError(f"checkpoint {path} does not exist")
@@ -348,7 +380,7 @@ def load_pth(path: str | os.PathLike) -> Any:
 
     byteorder = archive.read(f"{root}byteorder").decode().strip() if f"{root}byteorder" in names else "little"
     unpickler = RestrictedUnpickler(io.BytesIO(archive.read(f"{root}data.pkl")), path,
-                                    _zip_storage_loader(path, read_storage))
+                                    _zip_storage_loader(path, read_storage), stub_prefixes=stub_prefixes)
     obj = _unpickling(path, unpickler.load)
   return _swap_to_little_endian(obj) if byteorder == "big" else obj
 
