@@ -42,6 +42,8 @@ flags.DEFINE_list("roles", [], "Generator roles to time (default: all, teachers 
 flags.DEFINE_integer("iters", 10, "Timed calls per runtime and thread count (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed calls first.")
 flags.DEFINE_string("json", None, "Also write the rows here.")
+flags.DEFINE_float("tolerance", 1e-4, "Parity check of each exported file: max error over the "
+                   "output scale (a deep randomly initialised teacher amplifies float32 rounding).")
 
 LABELS = {"jax": "JAX", "stablehlo": "StableHLO", "tflite": "TFLite", "onnx": "ONNX Runtime"}
 
@@ -64,8 +66,9 @@ def pinned_to(cpus: int):
     pin(set(allowed))
 
 
-def time_row(net, formats, threads, size: int, directory: str) -> dict:
-  """latency_ms[format][threads] of one network, every runtime back to back."""
+def time_row(net, formats, threads, size: int, directory: str, errors: dict) -> dict:
+  """latency_ms[format][threads] of one network, every runtime back to back; each file's
+  parity error (over the output scale) goes to errors[format]."""
   import jax
   from gankd_jax import export
   shape = export.example_shape(net, size, 1)
@@ -81,7 +84,8 @@ def time_row(net, formats, threads, size: int, directory: str) -> dict:
                                                warmup=FLAGS.warmup, iters=FLAGS.iters)
       continue
     path = os.path.join(directory, f"net.{fmt}")
-    export.export_network(net, fmt, path, size=size, batch=1)
+    record = export.export_network(net, fmt, path, size=size, batch=1, tolerance=FLAGS.tolerance)
+    errors[fmt] = record["relative_error"]
     latency[fmt] = {}
     for n in threads:
       # XLA:CPU (StableHLO) takes no thread count: pinned like the JAX model.
@@ -148,7 +152,9 @@ def main(argv):
           "params": stats.count_params(variables["params"]),
           "macs": stats.count_macs(net.apply_fn, net.variables,
                                    jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)),
-          "latency_ms": time_row(net, FLAGS.formats, threads, size, directory)}
+          "parity_error": {}}
+      rows[role]["latency_ms"] = time_row(net, FLAGS.formats, threads, size, directory,
+                                          rows[role]["parity_error"])
       print(f"{role}: {json.dumps(rows[role])}", flush=True)
   print(format_table(rows, FLAGS.formats, threads), flush=True)
   if FLAGS.json:

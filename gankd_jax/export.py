@@ -263,11 +263,12 @@ def op_census(fmt: str, path: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- export
-def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1
-                   ) -> dict[str, Any]:
+def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1,
+                   tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
   """Writes `network` as `fmt` to `output`, checks it in its runtime and returns a record:
-  the input shape, max error, output scale, and the op census (TFLite / ONNX). A parity
-  failure or a tensor above 4-D removes the file and raises a one-line ValueError."""
+  the input shape, max error, output scale, and the op census (TFLite / ONNX). An error above
+  `tolerance` of the output scale or a tensor above 4-D removes the file and raises a one-line
+  ValueError."""
   import jax
   check_format(fmt)
   shape = example_shape(network, size, batch)
@@ -282,9 +283,9 @@ def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int 
             "max_error": error, "output_scale": scale, "relative_error": error / scale,
             **op_census(fmt, output)}
   problem = None
-  if record["relative_error"] > PARITY_TOLERANCE:
+  if record["relative_error"] > tolerance:
     problem = (f"{fmt} output differs from the JAX model by {error:.3g} (scale {scale:.3g}; "
-               f"tolerance {PARITY_TOLERANCE:g} of the scale)")
+               f"tolerance {tolerance:g} of the scale)")
   elif record.get("max_rank", 0) > MAX_RANK:
     problem = f"{fmt} graph has a tensor of rank {record['max_rank']} (deployment needs <= {MAX_RANK})"
   if problem:
@@ -439,7 +440,7 @@ def networks_from_run(workdir: str, role: str | None, latent: str = "z", **style
     raise ValueError(f"--workdir: no such run directory: {workdir}")
   restored = runs.restore_run(workdir)
   networks = restored.method.networks(restored.state, restored.frozen)
-  role = role or "student"
+  role = role or ("student" if "student" in networks else restored.method.generator_roles[0])
   select_network(networks, role, workdir)
   generator = getattr(restored.method, "generator", None)
   if isinstance(generator, stylegan2.Generator):
@@ -462,7 +463,7 @@ def define_flags():
                       "tell (weights/generator_pth.py parse_arch, e.g. resnet_9blocks,ngf=64); "
                       "'stylegan2' for a torch.save state dict of a StyleGAN2 G.")
   flags.DEFINE_string("role", None, "Network role to export: any role of the run (default "
-                      "student); G_ema (default) or G of a network pickle.")
+                      "student, else its first generator); G_ema (default) or G of a pickle.")
   flags.DEFINE_string("format", None, f"One of {', '.join(FORMATS)}.")
   flags.DEFINE_string("output", None, "File to write.")
   flags.DEFINE_integer("size", 0, "Image side of the exported input; 0: the run's (256 for a "
