@@ -2,9 +2,18 @@
 
   python -m gankd_jax.export --workdir=DIR [--role=student] --format=stablehlo|tflite|onnx
                              --output=FILE [--size=0] [--batch=1] [--benchmark]
+  python -m gankd_jax.export --network=FILE [--arch=...] [--role=G_ema] --format=... --output=...
 
 Restores DIR's latest checkpoint (`runs.restore_run`), takes the network of `--role` (any role
-of `method.networks`: a student, a teacher, a DCGAN) and writes it, weights baked in, as
+of `method.networks`: a student, a teacher, a DCGAN, a StyleGAN2 generator) or, with
+`--network`, an imported teacher without a run: a PyTorch pix2pix / CycleGAN / gan-compression
+/ OMGD generator `.pth` (weights/generator_pth.py; `--arch` where its tensors do not tell the
+architecture; input `--size`, default 256) or a StyleGAN2-ADA network pickle `.pkl`
+(weights/network_pickle.py; G_ema or G). A StyleGAN2 generator is exported with its noise fixed
+(noise_mode "const") either from z (`--latent=z`: mapping + synthesis, `--truncation_psi`, a
+conditional generator's class baked in by `--class_index`) or from ws [N, num_ws, w_dim]
+(`--latent=w`: synthesis alone, for a fixed w per layer). The network is written, weights baked
+in, as
   stablehlo  a `jax.export` serialisation (load with `jax.export.deserialize(...).call(x)`);
   tflite     jax2tf (native serialisation) -> SavedModel -> the TFLite converter with builtin
              ops only: a model that would need a Flex (TensorFlow) op is a one-line error;
@@ -46,6 +55,8 @@ EXTRA_HINT = "pip install --no-deps -r requirements-export.txt (the pins of pip 
 PARITY_TOLERANCE = 1e-4  # Max error over the output scale, fp32.
 MAX_RANK = 4  # Tensor rank every deployment runtime and delegate takes.
 PARITY_SEED = 0
+LATENTS = ("z", "w")  # StyleGAN2 inputs: mapping + synthesis, or synthesis alone.
+PICKLE_ROLES = ("G_ema", "G")
 
 
 def missing_modules(fmt: str) -> list[str]:
@@ -252,11 +263,12 @@ def op_census(fmt: str, path: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- export
-def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1
-                   ) -> dict[str, Any]:
+def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1,
+                   tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
   """Writes `network` as `fmt` to `output`, checks it in its runtime and returns a record:
-  the input shape, max error, output scale, and the op census (TFLite / ONNX). A parity
-  failure or a tensor above 4-D removes the file and raises a one-line ValueError."""
+  the input shape, max error, output scale, and the op census (TFLite / ONNX). An error above
+  `tolerance` of the output scale or a tensor above 4-D removes the file and raises a one-line
+  ValueError."""
   import jax
   check_format(fmt)
   shape = example_shape(network, size, batch)
@@ -271,9 +283,9 @@ def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int 
             "max_error": error, "output_scale": scale, "relative_error": error / scale,
             **op_census(fmt, output)}
   problem = None
-  if record["relative_error"] > PARITY_TOLERANCE:
+  if record["relative_error"] > tolerance:
     problem = (f"{fmt} output differs from the JAX model by {error:.3g} (scale {scale:.3g}; "
-               f"tolerance {PARITY_TOLERANCE:g} of the scale)")
+               f"tolerance {tolerance:g} of the scale)")
   elif record.get("max_rank", 0) > MAX_RANK:
     problem = f"{fmt} graph has a tensor of rank {record['max_rank']} (deployment needs <= {MAX_RANK})"
   if problem:
@@ -350,33 +362,141 @@ def format_benchmark(rows: dict, fmt: str, student: str = "student") -> str:
   return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------- command
-def define_flags():
-  from absl import flags
-  flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).")
-  flags.DEFINE_string("role", "student", "Network role to export (any role of the run).")
-  flags.DEFINE_string("format", None, f"One of {', '.join(FORMATS)}.")
-  flags.DEFINE_string("output", None, "File to write.")
-  flags.DEFINE_integer("size", 0, "Image side of the exported input; 0: the run's.")
-  flags.DEFINE_integer("batch", 1, "Batch of the exported input.")
-  flags.DEFINE_bool("benchmark", False, "Also time batch-1 inference of every generator role "
-                    "in this format's runtime (1 and 2 threads).")
+# --------------------------------------------------------------------------------- sources
+def stylegan2_network(module, variables, latent: str = "z", class_index: int | None = None,
+                      truncation_psi: float = 1.0):
+  """A StyleGAN2 `Generator` as a one-input Network with the noise fixed (noise_mode "const"):
+  latent "z" maps z [N, z_dim] (and, for a conditional generator, the baked-in one-hot class
+  `class_index`) through mapping and synthesis; latent "w" runs synthesis alone from
+  ws [N, num_ws, w_dim] (a fixed w per layer, e.g. from a projection or a style mix)."""
+  import jax.numpy as jnp
+  from gankd_jax.methods.base import Network
+  if latent not in LATENTS:
+    raise ValueError(f"--latent must be one of {', '.join(LATENTS)}, got '{latent}'")
+  if latent == "w":
+    def synthesis(variables, ws):
+      return module.apply(variables, ws, noise_mode="const",
+                          method=lambda m, ws, noise_mode: m.synthesis(ws, noise_mode=noise_mode))
+    return Network(synthesis, variables, (module.num_ws, module.w_dim))
+  if module.c_dim and class_index is None:
+    raise ValueError(f"a conditional generator (c_dim={module.c_dim}) exported from z needs "
+                     f"--class_index in 0..{module.c_dim - 1} (or --latent=w)")
+  if module.c_dim and not 0 <= class_index < module.c_dim:
+    raise ValueError(f"--class_index must be in 0..{module.c_dim - 1}, got {class_index}")
+
+  label = np.zeros((1, module.c_dim), np.float32)  # A constant (no scatter in the graph).
+  if module.c_dim:
+    label[0, class_index] = 1.0
+
+  def generate(variables, z):
+    c = jnp.broadcast_to(jnp.asarray(label), (z.shape[0], module.c_dim))
+    return module.apply(variables, z, c, truncation_psi=truncation_psi, noise_mode="const")
+  return Network(generate, variables, (module.z_dim,))
 
 
-def run_command(workdir: str, role: str, fmt: str, output: str, size: int = 0, batch: int = 1,
-                bench: bool = False, iters: int = 20) -> dict[str, Any]:
-  """The command's work, for tests: returns the export record (and the benchmark rows)."""
+def network_from_file(path: str, *, role: str | None = None, arch: str | None = None,
+                      size: int = 0, **stylegan2_options):
+  """(label, Network) of an imported teacher: a PyTorch pix2pix / CycleGAN / gan-compression /
+  OMGD generator `.pth` / `.pt` (architecture read from its tensors, or forced by `arch`;
+  input `size`, default 256) or a StyleGAN2-ADA network pickle `.pkl` (`role` G_ema or G; a
+  torch.save state dict of a StyleGAN2 G with `arch="stylegan2"`)."""
+  from gankd_jax.methods.common import inference_network
+  if not os.path.isfile(path):
+    raise ValueError(f"--network: no such file: {path}")
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in (".pkl", ".pth", ".pt"):
+    raise ValueError(f"--network: {path} is neither a StyleGAN2 network pickle (.pkl) nor a "
+                     "PyTorch generator checkpoint (.pth / .pt)")
+  if ext == ".pkl" or arch == "stylegan2":
+    from gankd_jax.weights.network_pickle import load_network
+    role = role or "G_ema"
+    if role not in PICKLE_ROLES:
+      raise ValueError(f"--role for a StyleGAN2 network is one of {', '.join(PICKLE_ROLES)}, "
+                       f"got '{role}'")
+    if arch not in (None, "stylegan2"):
+      raise ValueError(f"--arch={arch} applies to .pth / .pt generators (a .pkl describes itself)")
+    module, variables = load_network(path, role)
+    return role, stylegan2_network(module, variables, **stylegan2_options)
+  if role is not None:
+    raise ValueError(f"--role does not apply to {path}: a generator checkpoint holds one network")
+  from gankd_jax.weights.generator_pth import load_generator
+  imported = load_generator(path, arch)
+  spec = imported.spec
+  size = size or 256
+  multiple = 2 ** spec.num_downs if spec.family == "unet" else 4
+  if size % multiple:
+    raise ValueError(f"--size={size}: {path} ({spec.describe()}) takes image sides that are "
+                     f"multiples of {multiple}")
+  return "generator", inference_network(imported.module, imported.variables,
+                                        (size, size, spec.input_nc))
+
+
+def networks_from_run(workdir: str, role: str | None, latent: str = "z", **stylegan2_options):
+  """(networks to export / time by role, the role to export, the roles to benchmark) of a run.
+  A StyleGAN2 run's generator with latent "w" is its synthesis network (G_ema)."""
   from gankd_jax import runs
-  check_format(fmt)
+  from gankd_jax.models import stylegan2
   if not workdir or not os.path.isdir(workdir):
     raise ValueError(f"--workdir: no such run directory: {workdir}")
   restored = runs.restore_run(workdir)
   networks = restored.method.networks(restored.state, restored.frozen)
-  record = export_network(select_network(networks, role, workdir), fmt, output, size=size,
-                          batch=batch)
+  role = role or ("student" if "student" in networks else restored.method.generator_roles[0])
+  select_network(networks, role, workdir)
+  generator = getattr(restored.method, "generator", None)
+  if isinstance(generator, stylegan2.Generator):
+    for name in restored.method.generator_roles:
+      networks[name] = stylegan2_network(generator, networks[name].variables, latent,
+                                         **stylegan2_options)
+  elif latent != "z":
+    raise ValueError(f"--latent={latent} applies to StyleGAN2 generators; {workdir} is a "
+                     f"{type(restored.method).__name__} run")
+  return networks, role, restored.method.generator_roles
+
+
+# --------------------------------------------------------------------------------- command
+def define_flags():
+  from absl import flags
+  flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).")
+  flags.DEFINE_string("network", None, "Instead of --workdir: an imported teacher, a PyTorch "
+                      "generator .pth / .pt or a StyleGAN2-ADA network pickle .pkl.")
+  flags.DEFINE_string("arch", None, "Architecture of a --network .pth where its tensors do not "
+                      "tell (weights/generator_pth.py parse_arch, e.g. resnet_9blocks,ngf=64); "
+                      "'stylegan2' for a torch.save state dict of a StyleGAN2 G.")
+  flags.DEFINE_string("role", None, "Network role to export: any role of the run (default "
+                      "student, else its first generator); G_ema (default) or G of a pickle.")
+  flags.DEFINE_string("format", None, f"One of {', '.join(FORMATS)}.")
+  flags.DEFINE_string("output", None, "File to write.")
+  flags.DEFINE_integer("size", 0, "Image side of the exported input; 0: the run's (256 for a "
+                       "--network .pth).")
+  flags.DEFINE_integer("batch", 1, "Batch of the exported input.")
+  flags.DEFINE_string("latent", "z", "StyleGAN2: z (mapping + synthesis) or w (synthesis from "
+                      "ws [N, num_ws, w_dim]).")
+  flags.DEFINE_integer("class_index", None, "StyleGAN2 conditional generator from z: the class "
+                       "baked in.")
+  flags.DEFINE_float("truncation_psi", 1.0, "StyleGAN2 from z: truncation towards w_avg.")
+  flags.DEFINE_bool("benchmark", False, "Also time batch-1 inference of every generator role "
+                    "in this format's runtime (1 and 2 threads).")
+
+
+def run_command(workdir: str | None, role: str | None, fmt: str, output: str, size: int = 0,
+                batch: int = 1, bench: bool = False, iters: int = 20, *,
+                network: str | None = None, arch: str | None = None, latent: str = "z",
+                class_index: int | None = None, truncation_psi: float = 1.0) -> dict[str, Any]:
+  """The command's work, for tests: returns the export record (and the benchmark rows)."""
+  check_format(fmt)
+  if bool(workdir) == bool(network):
+    raise ValueError("give exactly one of --workdir (a run) and --network (an imported file)")
+  if arch and not network:
+    raise ValueError("--arch applies to --network files")
+  options = {"latent": latent, "class_index": class_index, "truncation_psi": truncation_psi}
+  if network:
+    role, net = network_from_file(network, role=role, arch=arch, size=size, **options)
+    networks, roles = {role: net}, (role,)
+  else:
+    networks, role, roles = networks_from_run(workdir, role, **options)
+  record = export_network(networks[role], fmt, output, size=size, batch=batch)
   if bench:
-    record["benchmark"] = benchmark(networks, restored.method.generator_roles, fmt, size=size,
-                                    iters=iters)
+    record["benchmark"] = benchmark(networks, roles, fmt, size=size, iters=iters)
   return record
 
 
@@ -386,14 +506,16 @@ def main(argv):
   config = flags.FLAGS
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("workdir", "format", "output"):
+  for name in ("format", "output"):
     if not config[name].value:
       fail(f"--{name} is required")
   if not config.verbose:
     logging.set_verbosity(logging.ERROR)
   try:
     record = run_command(config.workdir, config.role, config.format, config.output,
-                         config.size, config.batch, config.benchmark)
+                         config.size, config.batch, config.benchmark, network=config.network,
+                         arch=config.arch, latent=config.latent, class_index=config.class_index,
+                         truncation_psi=config.truncation_psi)
   except ValueError as error:
     fail(str(error))
   print(f"wrote {record['output']} ({record['format']}, input {tuple(record['input_shape'])}); "

@@ -46,6 +46,11 @@ def export_graph():
     _EXPORT_GRAPH.reset(token)
 
 
+def in_export_graph() -> bool:
+  """Whether the current trace is inside `export_graph()` (for layers defined elsewhere)."""
+  return _EXPORT_GRAPH.get()
+
+
 def bn_scale_init(key, shape, dtype=jnp.float32):
   """BatchNorm scale ~ N(1, 0.02), as pix2pix ``init_weights('normal', 0.02)``."""
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
 
-from gankd_jax.models.layers import conv_general_dilated, conv_transpose_subpixel
+from gankd_jax.models.layers import (conv_general_dilated, conv_transpose_subpixel,
+                                     in_export_graph)
 from gankd_jax.models.layers import count_params as _count_params
 
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -101,10 +102,15 @@ def _upfirdn_axis(x, axis: int, taps: Sequence[float], up: int, down: int, pad0:
     base = max(0, -lo)
     phases.append(sum(t * jax.lax.slice_in_dim(xp, base + d, base + d + n_phase, 1, axis)
                       for t, d in terms))
-  y = jnp.stack(phases, axis=axis + 1)
   shape = list(x.shape)
   shape[axis] = n_phase * up
-  y = jax.lax.slice_in_dim(y.reshape(shape), 0, n_full, 1, axis)
+  if in_export_graph() and axis + 1 < x.ndim:
+    # The same interleave with no tensor above 4-D: the phases side by side along the next
+    # axis, then read as `up` times as many samples along `axis` (row-major order agrees).
+    y = jnp.concatenate(phases, axis=axis + 1).reshape(shape)
+  else:
+    y = jnp.stack(phases, axis=axis + 1).reshape(shape)
+  y = jax.lax.slice_in_dim(y, 0, n_full, 1, axis)
   return jax.lax.slice_in_dim(y, 0, n_full, down, axis) if down > 1 else y
 
 
