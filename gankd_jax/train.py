@@ -304,7 +304,11 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   eval_steps = {}
 
   def evaluate_if_due(state, step: int, force: bool = False):
-    due = evaluators.due(step, config.eval_every, config.num_train_steps)
+    if run.method.must_evaluate(step):  # Every evaluator that is on (e.g. for a selection).
+      due = evaluators.due(step, 1, config.num_train_steps, every_step=True)
+      force = True
+    else:
+      due = evaluators.due(step, config.eval_every, config.num_train_steps)
     if not due.specs and not force:
       return state
     record = evaluate(run, state, frozen, step, writer, due, eval_steps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gankd_jax.data import digits, unconditional
+from gankd_jax.data import digits, unconditional, unpaired
 from gankd_jax.data.embedded import DATASET_NAME as EMBEDDED_NAME
 from gankd_jax.data.embedded import EmbeddedEdgesToPhoto
 from gankd_jax.data.paired import (AlignedFolderDataset, PairedDataset, PairTransform,
@@ -20,14 +20,16 @@ from gankd_jax.data.pipeline import GlobalBatchIterator, eval_batches, num_eval_
 
 FOLDER_NAME = "pix2pix_folder"
 UNCONDITIONAL_NAMES = (digits.DATASET_NAME, *unconditional.TFDS_NAMES, unconditional.FOLDER_NAME)
-DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES)
+DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES, *unpaired.NAMES)
 SPLITS = ("train", "eval", "val", "test")
 
 __all__ = [
     "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedEdgesToPhoto", "GlobalBatchIterator",
     "PairTransform", "PairedDataset", "build_dataset", "default_data_config", "eval_batches",
-    "num_eval_steps", "unconditional_data_config",
+    "num_eval_steps", "unconditional_data_config", "unpaired_data_config",
 ]
+
+unpaired_data_config = unpaired.unpaired_data_config
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -69,6 +71,8 @@ def build_dataset(data_config, split: str):
     return digits.build(data_config, split)
   if name in UNCONDITIONAL_NAMES:
     return unconditional.build(data_config, split)
+  if name in unpaired.NAMES:
+    return unpaired.build(data_config, split)
   if name == EMBEDDED_NAME:
     transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
                                     data_config.get("flip", True), train=split == "train")
