@@ -49,7 +49,9 @@ from gankd_jax.weights import download
 
 TEACHER, STUDENT = "teacher", "student"
 SELECTION_METRICS = ("fid", "none")
-DIRECTIONS = ("a", "b")  # A->B (G_A, judged against real B) and B->A (G_B, against real A).
+DIRECTIONS = ("a", "b")
+# "No FID (yet)" in the state: finite, as the loop checks every state leaf before a checkpoint.
+NO_FID = float(np.finfo(np.float32).max)  # A->B (G_A, judged against real B) and B->A (G_B, against real A).
 
 
 @flax.struct.dataclass
@@ -62,8 +64,8 @@ class CycleState:
   pool_b: image_pool.ImagePool   # G_A's fakes (domain B) shown to D_A.
   student: NetState              # params/batch_stats {"generator", "connectors"}.
   selected_g_a: PyTree           # The frozen distillation target: G_A's variables when chosen.
-  best_fid: jax.Array            # (2,) best FID of G_A, G_B at the selections so far (inf: none).
-  history_fid: jax.Array         # (rounds, 2) FID of G_A, G_B at each round's selection (NaN: none).
+  best_fid: jax.Array            # (2,) best FID of G_A, G_B at the selections so far (NO_FID: none).
+  history_fid: jax.Array         # (rounds, 2) FID of G_A, G_B at each round's selection (NO_FID: none).
   history_chosen: jax.Array      # (rounds,) int32: 1 G_A taken, 0 kept the earlier one, -1 not yet.
 
 
@@ -234,8 +236,8 @@ class OMGDCycle(Method):
         pool_a=pool(), pool_b=pool(),
         student=NetState.create({"params": params, "batch_stats": batch_stats}, self.optimizer),
         selected_g_a=jax.tree_util.tree_map(jnp.copy, teacher["g_a"].variables()),
-        best_fid=jnp.full((2,), jnp.inf, jnp.float32),
-        history_fid=jnp.full((self.num_rounds, 2), jnp.nan, jnp.float32),
+        best_fid=jnp.full((2,), NO_FID, jnp.float32),
+        history_fid=jnp.full((self.num_rounds, 2), NO_FID, jnp.float32),
         history_chosen=jnp.full((self.num_rounds,), -1, jnp.int32))
 
   # ----------------------------------------------------------------------------- the steps
@@ -336,16 +338,17 @@ class OMGDCycle(Method):
     step = int(jax.device_get(state.step))
     if not self.schedule.selects(step):
       return state
-    fids = [float(results.get(f"teacher_{d}", {}).get("fid", np.nan)) for d in DIRECTIONS]
-    best = np.asarray(jax.device_get(state.best_fid), np.float64)
-    improved = [not math.isnan(f) and f < b for f, b in zip(fids, best)]
+    fids = [float(results.get(f"teacher_{d}", {}).get("fid", NO_FID)) for d in DIRECTIONS]
+    fids = [f if math.isfinite(f) else NO_FID for f in fids]
+    best = [float(b) for b in jax.device_get(state.best_fid)]
+    improved = [f < b for f, b in zip(fids, best)]
     if self.config.selection.metric == "none":
       chosen = True
     else:
-      if math.isnan(fids[0]):
+      if fids[0] == NO_FID:
         logging.warning("step %d: no FID of teacher_a to select by; the selection is kept", step)
       chosen = improved[0] or (bool(self.config.selection.rewrite_on_either) and improved[1])
-    new_best = [min(f, b) if not math.isnan(f) else b for f, b in zip(fids, best)]
+    new_best = [min(f, b) for f, b in zip(fids, best)]
     round_index = self.schedule.round_of(step)
     selected = state.selected_g_a
     if chosen:  # A copy: the state's buffers are donated to the next step, each once.
@@ -361,14 +364,13 @@ class OMGDCycle(Method):
     fids = np.asarray(jax.device_get(state.history_fid), np.float64)
     chosen = np.asarray(jax.device_get(state.history_chosen))
     s = self.schedule
-    rows = [{"round": r, "step": r * s.round_steps + s.teacher_steps,
-             "fid_a": None if math.isnan(fids[r, 0]) else round(fids[r, 0], 4),
-             "fid_b": None if math.isnan(fids[r, 1]) else round(fids[r, 1], 4),
-             "chosen": bool(chosen[r])} for r in range(len(chosen)) if chosen[r] >= 0]
-    best = [float(b) for b in np.asarray(jax.device_get(state.best_fid))]
+    value = lambda f: None if f >= NO_FID else round(float(f), 4)  # noqa: E731
+    rows = [{"round": r, "step": r * s.round_steps + s.teacher_steps, "fid_a": value(fids[r, 0]),
+             "fid_b": value(fids[r, 1]), "chosen": bool(chosen[r])}
+            for r in range(len(chosen)) if chosen[r] >= 0]
+    best = np.asarray(jax.device_get(state.best_fid), np.float64)
     return {"selection": rows, "selection_metric": self.config.selection.metric,
-            "best_teacher_fid": {"a": None if math.isinf(best[0]) else round(best[0], 4),
-                                 "b": None if math.isinf(best[1]) else round(best[1], 4)}}
+            "best_teacher_fid": {"a": value(best[0]), "b": value(best[1])}}
 
   # ----------------------------------------------------------------------------- inference
   def _variables(self, state: CycleState, role: str):
