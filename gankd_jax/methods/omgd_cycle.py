@@ -235,7 +235,7 @@ class OMGDCycle(Method):
                                        self.optimizer),
         pool_a=pool(), pool_b=pool(),
         student=NetState.create({"params": params, "batch_stats": batch_stats}, self.optimizer),
-        selected_g_a=jax.tree_util.tree_map(jnp.copy, teacher["g_a"].variables()),
+        selected_g_a=jax.tree_util.tree_map(jnp.copy, {"params": teacher["g_a"].params}),
         best_fid=jnp.full((2,), NO_FID, jnp.float32),
         history_fid=jnp.full((self.num_rounds, 2), NO_FID, jnp.float32),
         history_chosen=jnp.full((self.num_rounds,), -1, jnp.int32))
