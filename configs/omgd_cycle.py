@@ -49,14 +49,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.method = "omgd_cycle"
   config.data = data.unpaired_data_config()
   config.data.num_threads = 4
-  config.batch_size = 4
+  config.batch_size = 1                      # The reference's; a teacher step is 6 G passes.
   config.log_every = 25
   config.keep_checkpoints = 1
   config.best_checkpoint_metric = "student/fid"  # Against real B, as the paper reports.
 
   # Rounds: m teacher epochs, then n_dis * m student epochs against the selected G_A.
-  # epoch_steps: steps per epoch, ceil(max(|A|, |B|) / batch_size) of the training data.
-  config.cycle = ml_collections.ConfigDict({"m": 1, "n_dis": 1, "epoch_steps": 60})
+  # epoch_steps: steps per epoch, ceil(max(|A|, |B|) / batch_size) of the training data in the
+  # reference variants; here a shorter "epoch" of 100 images, so that the default's few minutes
+  # hold three rounds (three selections) rather than part of one.
+  config.cycle = ml_collections.ConfigDict({"m": 2, "n_dis": 1, "epoch_steps": 100})
   # metric: fid (G_A is kept when its FID against real B improves) | none (the latest G_A).
   # rewrite_on_either: also keep G_A when G_B's FID against real A improves (the reference's
   # best_net_G_teacher_A.pth is rewritten then; False is the paper's intent).
@@ -70,8 +72,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.optimizer.lr = 2e-4
   config.optimizer.b1 = 0.5
   config.optimizer.b2 = 0.999
-  config.optimizer.nepochs = 3               # Teacher epochs at lr, then ...
-  config.optimizer.nepochs_decay = 3         # ... teacher epochs of linear decay to 0.
+  config.optimizer.nepochs = 4               # Teacher epochs at lr, then ...
+  config.optimizer.nepochs_decay = 2         # ... teacher epochs of linear decay to 0.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.gan_mode = "lsgan"

@@ -217,3 +217,14 @@ def test_command_end_to_end_then_evaluate(tmp_path):
   assert [row["round"] for row in record["report"]["selection"]] == [0, 1]
   table = evaluate.format_table(record)
   assert "selection:" in table and "round 1" in table
+
+
+def test_horse2zebra_s16_sizes_are_the_papers():
+  """The S16 student: 137,347 parameters and 1.408 G MACs at 256 px (OMGD table, gan-compression
+  counting); the teachers the reference's mobile_resnet_9blocks ngf 64."""
+  from configs import omgd_cycle
+  from gankd_jax import model_stats
+  networks = model_stats.compute(omgd_cycle.get_config("horse2zebra_s16"))["networks"]
+  assert networks["student"]["params"] == 137_347
+  assert round(networks["student"]["macs"] / 1e9, 3) == 1.408
+  assert networks["teacher_a"]["params"] == networks["teacher_b"]["params"] == 1_987_075
