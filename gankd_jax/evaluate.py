@@ -74,9 +74,21 @@ def eval_config(config, inception_weights: str):
   from_config = config.get("eval", {}).get("inception_weights")
   if not configured and from_config and os.path.isfile(from_config):
     configured = from_config  # The run's own file; gone (e.g. another machine): look elsewhere.
+  evaluators = {name: {"type": name} for name in EVALUATORS}
+  # A run that measured FID in other features (e.g. the digit classifier, shipped with the
+  # package) gets FID / KID in those when no Inception weights are found, rather than none.
+  run_features = config.get("eval", {}).get("evaluators", {}).get("fid", {}).get("features")
+  if run_features not in (None, "inception") and not configured and not _inception_cached():
+    for name in ("fid", "kid"):
+      evaluators[name]["features"] = run_features
   return ml_collections.ConfigDict({
-      "evaluators": EVALUATORS, "inception_weights": configured or "",
+      "evaluators": evaluators, "inception_weights": configured or "",
       "vgg16_weights": config.get("eval", {}).get("vgg16_weights", "") or ""})
+
+
+def _inception_cached() -> bool:
+  from gankd_jax.weights import download
+  return download.find_cached(download.INCEPTION_FID) is not None
 
 
 def reference_key(data_config: dict, num_examples: int, image_shape, weights_sha256: str) -> str:
@@ -123,10 +135,15 @@ def save_references(path: str, references: dict[str, dict], description: dict) -
     json.dump(description, handle, indent=2, sort_keys=True)
 
 
-def attach_references(evaluators, config, num_examples: int, image_shape, cache: str
-                      ) -> dict[str, dict[str, Any]]:
-  """Per feature network: the cache file of its evaluators' real-image side, read if present.
-  Returns {network: {"path", "cached", "evaluators"}}."""
+def reference_name(evaluator_name: str, real_set: str | None) -> str:
+  """An evaluator's entry in the cache file; a named real set (Method.compared_with) its own."""
+  return evaluator_name if real_set is None else f"{evaluator_name}@{real_set}"
+
+
+def attach_references(evaluators, config, num_examples: int, image_shape, cache: str,
+                      real_sets=(None,)) -> dict[str, dict[str, Any]]:
+  """Per feature network: the cache file of its evaluators' real-image side (one per real set),
+  read if present. Returns {network: {"path", "cached", "evaluators", "real_sets"}}."""
   from gankd_jax.weights import download
   by_network: dict[str, list] = {}
   for evaluator in evaluators.distribution.values():
@@ -140,9 +157,12 @@ def attach_references(evaluators, config, num_examples: int, image_shape, cache:
     path = os.path.join(cache, f"{key}.npz")
     stored = load_references(path) or {}
     for evaluator in members:
-      evaluator.reference = stored.get(evaluator.spec.name)
-    cached = all(evaluator.reference is not None for evaluator in members)
-    info[name] = {"path": path, "cached": cached, "weights_sha256": sha, "evaluators": members}
+      for real_set in real_sets:
+        evaluator.set_stored(real_set, stored.get(reference_name(evaluator.spec.name, real_set)))
+    cached = all(real_set in evaluator.references for evaluator in members
+                 for real_set in real_sets)
+    info[name] = {"path": path, "cached": cached, "weights_sha256": sha, "evaluators": members,
+                  "real_sets": list(real_sets)}
   return info
 
 
@@ -211,16 +231,19 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
     if inception_weights and note.startswith(("fid", "inception_score", "kid")):
       raise ValueError(note.split(": ", 1)[1])  # Asked for explicitly: an error, not a note.
     logging.warning("%s", note)
+  real_sets = sorted({method.compared_with(role) for role in method.generator_roles},
+                     key=lambda s: (s is not None, s or ""))
   references = attach_references(evaluators, config, num_examples, eval_data.image_shape,
-                                 stats_cache_dir(stats_cache))
+                                 stats_cache_dir(stats_cache), real_sets)
   result = evaluation.evaluation_pass(
       method, restored.state, restored.frozen, eval_data, mesh, evaluators, batch_size=batch_size,
       max_examples=num_examples, num_sample_images=num_sample_images)
   for name, info in references.items():
-    members = info.pop("evaluators")
-    if not info["cached"] and all(e.reference is not None for e in members) and (
+    members, sets = info.pop("evaluators"), info.pop("real_sets")
+    if not info["cached"] and all(s in e.references for e in members for s in sets) and (
         jax.process_index() == 0):
-      save_references(info["path"], {e.spec.name: e.reference for e in members}, {
+      save_references(info["path"], {reference_name(e.spec.name, s): e.references[s]
+                                     for e in members for s in sets}, {
           "data": config.data.to_dict(), "split": "eval", "num_examples": result.num_examples,
           "image_shape": list(eval_data.image_shape), "features": name,
           "weights_sha256": info["weights_sha256"], "format": STATS_FORMAT})
@@ -228,6 +251,9 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
   record = {"workdir": str(workdir), "method": config.method, "step": int(restored.step),
             "split": "eval", "num_examples": result.num_examples, "devices": mesh.size,
             "backend": jax.default_backend(), **assemble(result.roles, result.results, costs)}
+  report = method.report(restored.state)
+  if report:
+    record["report"] = report
   if references:
     record["reference_stats"] = references
   if evaluators.notes:
@@ -266,6 +292,12 @@ def format_table(record: dict[str, Any]) -> str:
                  f"{ratios['mac_compression']:.1f}x fewer MACs, "
                  f"{ratios['param_compression']:.1f}x fewer params"
                  + (f"; {', '.join(vs)} against its output" if vs else ""))
+  for name, value in record.get("report", {}).items():
+    if isinstance(value, list):  # Rows, e.g. the selection history.
+      lines.append(f"{name}:" + ("" if value else " none"))
+      lines.extend("  " + "  ".join(f"{k} {v}" for k, v in row.items()) for row in value)
+    else:
+      lines.append(f"{name}: {value}")
   for note in record.get("skipped", []):
     lines.append(note)
   return "\n".join(lines)

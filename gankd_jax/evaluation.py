@@ -18,7 +18,10 @@ Evaluators are declared by name in the config, as big_vision declares its own:
 Per-example evaluators (paired, sharpness) run inside the jitted evaluation step and are averaged
 over the real (unpadded) examples; distribution evaluators accumulate features of every batch and
 report at the end. The method says what each role is compared with (`Method.paired_targets`,
-`Method.real_images`); evaluators know no method. A distribution evaluator whose feature network's
+`Method.real_images`; with several real sets, e.g. the two domains of unpaired translation,
+`Method.compared_with` names each role's set) and which examples count for a role or a real set
+(`Method.counted_by`: a batch mask beside the padding, e.g. unpaired evaluation batches repeat the
+smaller domain); evaluators know no method. A distribution evaluator whose feature network's
 weights cannot be found is skipped with a one-line note, and the rest is reported.
 
 Results are {group: {metric: value}} with group a role ("student") or a role against a target
@@ -186,8 +189,9 @@ class DistributionEvaluator:
   """One declared fid / inception_score / kid / precision_recall over a feature network.
 
   The real images' side (statistics or feature sample) does not change within a run: the first
-  complete pass keeps it (`reference`), later passes skip the real images; `gankd_jax.evaluate`
-  also caches it on disk.
+  complete pass keeps it (`references`, one per real set; `reference` is the one of a method
+  with a single set), later passes skip the real images; `gankd_jax.evaluate` also caches it on
+  disk.
   """
 
   def __init__(self, spec: EvaluatorSpec, network: FeatureNetwork):
@@ -196,7 +200,23 @@ class DistributionEvaluator:
     if spec.type == "inception_score" and not self.num_classes:
       raise ValueError(f"eval.evaluators.{spec.name}: features '{spec.features}' give no class "
                        "logits for an inception score")
-    self.reference: dict[str, np.ndarray] | None = None
+    self.references: dict[str | None, dict[str, np.ndarray]] = {}
+
+  @property
+  def reference(self) -> dict[str, np.ndarray] | None:
+    """The real images' side of the single real set (None: not known yet)."""
+    return self.references.get(None)
+
+  @reference.setter
+  def reference(self, value: dict[str, np.ndarray] | None) -> None:
+    self.set_stored(None, value)
+
+  def set_stored(self, real_set: str | None, value: dict[str, np.ndarray] | None) -> None:
+    """The real side of `real_set` as stored (e.g. read from a cache); None forgets it."""
+    if value is None:
+      self.references.pop(real_set, None)
+    else:
+      self.references[real_set] = value
 
   def _accumulator(self, num_examples: int, real: bool):
     from gankd_jax.metrics import fid, inception_score, kid
@@ -209,41 +229,54 @@ class DistributionEvaluator:
       return None  # IS needs no real images.
     return inception_score.InceptionScore(num_examples, self.num_classes)
 
-  def start(self, num_examples: int):
-    return _DistributionPass(self, min(num_examples, self.spec.num_samples or num_examples))
+  def start(self, num_examples: int, compared_with: Callable[[str], str | None] = lambda role: None):
+    """A pass over `num_examples`; `compared_with(role)`: the real set of a role (None: the one)."""
+    return _DistributionPass(self, min(num_examples, self.spec.num_samples or num_examples),
+                             compared_with)
 
-  def set_reference(self, accumulator) -> None:
+  def set_reference(self, accumulator, real_set: str | None = None) -> None:
     if self.spec.type == "fid":
       mu, sigma = accumulator.result()
-      self.reference = {"mu": mu, "sigma": sigma}
+      self.references[real_set] = {"mu": mu, "sigma": sigma}
     else:
-      self.reference = {"rows": accumulator.rows}
+      self.references[real_set] = {"rows": accumulator.rows}
 
-  def score(self, accumulator) -> dict[str, float]:
+  def score(self, accumulator, real_set: str | None = None) -> dict[str, float]:
     from gankd_jax.metrics import fid, kid, precision_recall
     kind = self.spec.type
+    reference = self.references.get(real_set)
     if kind == "inception_score":
       value, std = accumulator.result()
       return {"is": value, "is_std": std}
     if kind == "fid":
-      return {"fid": fid.frechet_distance(*accumulator.result(), self.reference["mu"],
-                                          self.reference["sigma"])}
+      return {"fid": fid.frechet_distance(*accumulator.result(), reference["mu"],
+                                          reference["sigma"])}
     if kind == "kid":
-      value, std = kid.kernel_inception_distance(self.reference["rows"], accumulator.rows)
+      value, std = kid.kernel_inception_distance(reference["rows"], accumulator.rows)
       return {"kid": value, "kid_std": std}
     # On this process's devices: every process holds all features and computes the result.
     local = jax.sharding.Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
-    return precision_recall.precision_recall(self.reference["rows"], accumulator.rows,
+    return precision_recall.precision_recall(reference["rows"], accumulator.rows,
                                              k=self.spec.k, mesh=local)
 
 
 class _DistributionPass:
-  def __init__(self, owner: DistributionEvaluator, num_examples: int):
-    self.owner, self.num_examples = owner, num_examples
+  """One evaluation pass of one evaluator. Each role and each real set counts its own examples
+  (the first `num_examples` its mask lets through)."""
+
+  def __init__(self, owner: DistributionEvaluator, num_examples: int,
+               compared_with: Callable[[str], str | None]):
+    self.owner, self.num_examples, self.compared_with = owner, num_examples, compared_with
     self.roles: dict[str, Any] = {}
-    self.real = None if owner.reference is not None or owner.spec.type == "inception_score" else (
-        owner._accumulator(num_examples, real=True))
-    self.seen = 0
+    self.real: dict[str | None, Any] = {}  # Real sets whose side is not known yet.
+    self.seen: dict[Any, int] = {}
+
+  def _counted(self, key, mask) -> np.ndarray:
+    """`mask` less the examples past `num_examples` of `key` (a role or ("real", set))."""
+    mask = np.asarray(mask, bool)
+    mask = mask & (self.seen.get(key, 0) + np.cumsum(mask) <= self.num_examples)
+    self.seen[key] = self.seen.get(key, 0) + int(np.sum(mask))
+    return mask
 
   def _update(self, accumulator, features, mask) -> None:
     if self.owner.spec.type == "inception_score":
@@ -251,31 +284,42 @@ class _DistributionPass:
     else:
       accumulator.update(features["features"], mask)
 
-  def update(self, features_of: Callable[[str], dict], roles, mask, has_real: bool) -> None:
-    """`features_of(role or "real")`: this batch's features (computed once per network)."""
-    mask = np.asarray(mask, bool) & (self.seen + np.cumsum(mask) <= self.num_examples)
-    self.seen += int(np.sum(mask))
-    if not mask.any():
-      return
-    if self.owner.spec.type == "inception_score" and self.num_examples < 10:
+  def update(self, features_of: Callable[[Any], dict], roles, mask_of: Callable[[Any], Any],
+             real_sets) -> None:
+    """`features_of(role or ("real", set))`: this batch's features (computed once per network);
+    `mask_of(role or set)`: the examples of this batch that count for it; `real_sets`: the
+    real sets this batch holds."""
+    owner = self.owner
+    if owner.spec.type == "inception_score" and self.num_examples < 10:
       return  # IS is over 10 splits.
     for role in roles:
-      if self.owner.spec.evaluates(role):
-        accumulator = self.roles.setdefault(role, self.owner._accumulator(self.num_examples, False))
-        self._update(accumulator, features_of(role), mask)
-    if self.real is not None and has_real:
-      self._update(self.real, features_of("real"), mask)
+      if owner.spec.evaluates(role):
+        mask = self._counted(role, mask_of(role))
+        if mask.any():
+          accumulator = self.roles.setdefault(role, owner._accumulator(self.num_examples, False))
+          self._update(accumulator, features_of(role), mask)
+    if owner.spec.type == "inception_score":
+      return  # No real side.
+    for real_set in real_sets:
+      if real_set in owner.references:
+        continue
+      mask = self._counted(("real", real_set), mask_of(real_set))
+      if mask.any():
+        accumulator = self.real.setdefault(real_set, owner._accumulator(self.num_examples, True))
+        self._update(accumulator, features_of(("real", real_set)), mask)
 
   def result(self) -> dict[str, float]:
     owner = self.owner
-    if self.real is not None and self._count(self.real) >= 2:
-      owner.set_reference(self.real)
+    for real_set, accumulator in self.real.items():
+      if self._count(accumulator) >= 2:
+        owner.set_reference(accumulator, real_set)
     out = {}
     for role, accumulator in self.roles.items():
-      if owner.spec.type != "inception_score" and (owner.reference is None or
+      real_set = self.compared_with(role)
+      if owner.spec.type != "inception_score" and (real_set not in owner.references or
                                                    self._count(accumulator) < 2):
         continue  # Too few samples (or no real images in these batches).
-      out.update({f"{role}/{k}": v for k, v in owner.score(accumulator).items()})
+      out.update({f"{role}/{k}": v for k, v in owner.score(accumulator, real_set).items()})
     return out
 
   @staticmethod
@@ -297,8 +341,11 @@ class Evaluators:
     for evaluator in self.distribution.values():
       evaluator.spec = dataclasses.replace(evaluator.spec, roles=roles)
 
-  def due(self, step: int, eval_every: int, final_step: int) -> "Evaluators":
-    specs = [s for s in self.specs if s.due(step, eval_every, final_step)]
+  def due(self, step: int, eval_every: int, final_step: int, *, every_step: bool = False
+          ) -> "Evaluators":
+    """Those due at `step`; `every_step`: every one that is on."""
+    specs = [s for s in self.specs if s.due(step, eval_every, final_step)
+             or (every_step and s.every != OFF)]
     names = {s.name for s in specs}
     return Evaluators(specs, {n: e for n, e in self.distribution.items() if n in names},
                       self.notes)
@@ -364,8 +411,10 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
   batch_size = -(-batch_size // mesh.size) * mesh.size
   num_examples = min(dataset.num_examples, max_examples or dataset.num_examples)
   eval_step = eval_step or make_eval_step(method, mesh, evaluators.specs)
-  passes = [e.start(num_examples) for e in evaluators.distribution.values()]
+  passes = [e.start(num_examples, method.compared_with)
+            for e in evaluators.distribution.values()]
   sums: dict[str, float] = {}
+  counts: dict[str, int] = {}
   count, roles, labels = 0, [], []
   samples = visualize.SampleRows(num_examples, num_sample_images)
   for local in pipeline.eval_batches(dataset, batch_size, jax.process_index(),
@@ -374,13 +423,19 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
     batch, outputs, _, per_example = jax.device_get(on_device)
     roles = roles or [role for role in method.generator_roles if role in outputs]
     mask = np.asarray(batch["mask"], bool)
+    mask_of = functools.partial(_counted_mask, method, batch, mask)
     if passes:  # Features from the device arrays: no host round trip.
       features_of = _feature_cache(on_device[1], on_device[2])
+      real = on_device[2]
+      real_sets = [] if real is None else list(real) if isinstance(real, dict) else [None]
       for evaluator_pass in passes:
         evaluator_pass.update(functools.partial(features_of, evaluator_pass.owner.network),
-                              roles, mask, has_real=on_device[2] is not None)
+                              roles, mask_of, real_sets)
     for name, values in per_example.items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
+      # "role/metric" or "role_vs_target/metric": counted as the role's examples.
+      counted = mask_of(name.split("/", 1)[0].split("_vs_", 1)[0])
+      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[counted]))
+      counts[name] = counts.get(name, 0) + int(counted.sum())
     count += int(mask.sum())
     labelled = method.sample_columns(batch, outputs)
     labels = list(labelled)
@@ -388,7 +443,7 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
   results: dict[str, dict[str, float]] = {}
   for name, total in sums.items():
     group, metric = name.split("/", 1)
-    results.setdefault(group, {})[metric] = total / max(count, 1)
+    results.setdefault(group, {})[metric] = total / max(counts[name], 1)
   for evaluator_pass in passes:
     for name, value in evaluator_pass.result().items():
       group, metric = name.split("/", 1)
@@ -396,13 +451,23 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
   return PassResult(results, count, samples.columns(), roles, labels)
 
 
+def _counted_mask(method, batch, mask, name) -> np.ndarray:
+  """The examples of `batch` that count for `name` (a role or a real set): the padding mask, and
+  the method's own mask for it (`Method.counted_by`)."""
+  key = method.counted_by(name)
+  return mask if key is None else mask & (np.asarray(batch[key]) > 0)
+
+
 def _feature_cache(outputs, real):
-  """features_of(network, role or "real") for one batch, each computed at most once."""
+  """features_of(network, role or ("real", set)) for one batch, each computed at most once."""
   cache = {}
 
-  def features_of(network: FeatureNetwork, key: str):
+  def features_of(network: FeatureNetwork, key):
     if (network.name, key) not in cache:
-      images = real if key == "real" else outputs[key]
+      if isinstance(key, tuple):  # ("real", set): set None is the single real array.
+        images = real if key[1] is None else real[key[1]]
+      else:
+        images = outputs[key]
       if images.shape[0] != network.extractor.batch_size:
         images = np.asarray(jax.device_get(images))
       cache[network.name, key] = network.extractor(images)

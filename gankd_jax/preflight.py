@@ -33,6 +33,7 @@ POSITIVE_FIELDS = ("num_train_steps", "batch_size", "log_every", "eval_every", "
 WIDTH_FIELDS = {
     "omgd": (("teacher_wide.ngf", "teacher_deep.ngf", "student.ngf", "discriminator.ndf"), ()),
     "aguinaldo": (("student.d", "nz"), ("teacher.d", "discriminator.d")),
+    "omgd_cycle": (("teacher.ngf", "student.ngf", "discriminator.ndf"), ()),
 }
 # A U-Net's shallowest depth (models/unet.py's MIN_NUM_DOWNS: its distillation taps need 5 levels).
 MIN_UNET_DEPTH = 5
@@ -55,8 +56,34 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
                   and config[role].get("num_downs") is None)
     for role in UNET_ROLES:
       generator_fields(config[role], config.data.crop_size, role, unset)
+  if config.get("method") == "omgd_cycle":
+    check_cycle_selection(config)
   check_data_files(config.data)
   return notes
+
+
+def check_cycle_selection(config: ml_collections.ConfigDict) -> None:
+  """omgd_cycle's selection.metric=fid needs an fid evaluator that is on for both teachers, and
+  its feature network's weights (training only: model_stats and evaluate need none)."""
+  from gankd_jax.weights import download
+  if config.selection.metric != "fid":
+    return  # The method names an unknown metric.
+  evaluators = config.eval.evaluators
+  specs = [dict(evaluators[name], type=evaluators[name].get("type", name)) for name in evaluators]
+  specs = [s for s in specs if s["type"] == "fid" and s.get("every", 0) != -1
+           and all(not s.get("roles") or role in s["roles"] for role in ("teacher_a", "teacher_b"))]
+  if not specs:
+    raise ValueError("selection.metric=fid needs an fid evaluator on teacher_a and teacher_b "
+                     "(--config.eval.evaluators.fid.every=0), or --config.selection.metric=none")
+  if all(s.get("features", "inception") != "inception" for s in specs):
+    return  # The digit classifier ships with the package.
+  try:
+    download.resolve(download.INCEPTION_FID, config.eval.get("inception_weights") or None,
+                     flag="--config.eval.inception_weights", allow_download=False)
+  except ValueError as error:
+    raise ValueError(f"selection.metric=fid: {error} (or set "
+                     "--config.eval.evaluators.fid.features=digit_classifier, or "
+                     "--config.selection.metric=none)") from None
 
 
 def select_data_source(data_config: ml_collections.ConfigDict) -> list[str]:

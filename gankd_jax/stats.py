@@ -78,8 +78,10 @@ def count_macs(apply_fn: Callable[..., Any], *example_args) -> int:
   """MACs of one call of `apply_fn(*example_args)`; args may be arrays or ShapeDtypeStructs.
 
   Our transposed convs run as sub-pixel convs (4x less work than the textbook form); they are
-  traced in the textbook form here so the count is the one the papers report.
+  traced in the textbook form here so the count is the one the papers report. Instance norm's
+  sums run as products with a ones vector (layers.py); traced in the export graph form (plain
+  mean / variance) they are not counted as MACs, as torchprofile does not count a norm's.
   """
-  with layers.textbook_conv_transpose():
+  with layers.textbook_conv_transpose(), layers.export_graph():
     closed = jax.make_jaxpr(apply_fn)(*example_args)
   return jaxpr_macs(closed.jaxpr)

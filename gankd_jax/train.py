@@ -304,7 +304,11 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   eval_steps = {}
 
   def evaluate_if_due(state, step: int, force: bool = False):
-    due = evaluators.due(step, config.eval_every, config.num_train_steps)
+    if run.method.must_evaluate(step):  # Every evaluator that is on (e.g. for a selection).
+      due = evaluators.due(step, 1, config.num_train_steps, every_step=True)
+      force = True
+    else:
+      due = evaluators.due(step, config.eval_every, config.num_train_steps)
     if not due.specs and not force:
       return state
     record = evaluate(run, state, frozen, step, writer, due, eval_steps)
@@ -363,8 +367,9 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
         _check_finite_losses(step - len(pending_metrics) + 1, jax.device_get(pending_metrics))
         _check_finite_state(step, state)
       # Evaluated before the checkpoint of the same step, so a resume keeps what on_eval chose.
-      # A SIGTERM skips the periodic evaluation (the grace period is short), never the last.
-      if step == config.num_train_steps or not stop:
+      # A SIGTERM skips the periodic evaluation (the grace period is short), never the last nor
+      # one the method must have (its on_eval decides what the resumed run does).
+      if step == config.num_train_steps or not stop or run.method.must_evaluate(step):
         state = evaluate_if_due(state, step, force=step % config.eval_every == 0
                                 or step == config.num_train_steps)
       if checkpoint_now or (stop and step != saved_step):

@@ -8,6 +8,7 @@ from gankd_jax.methods.base import Method
 
 _METHOD_MODULES = {
     "omgd": ("gankd_jax.methods.omgd", "OMGD"),
+    "omgd_cycle": ("gankd_jax.methods.omgd_cycle", "OMGDCycle"),
     "aguinaldo": ("gankd_jax.methods.aguinaldo", "Aguinaldo"),
     "stylegan2": ("gankd_jax.methods.stylegan2", "StyleGAN2"),
     "nickel_dime": ("gankd_jax.methods.nickel_dime", "NickelDiMe"),

@@ -143,10 +143,37 @@ class Method(abc.ABC):
   def generate(self, state: PyTree, batch: Batch, frozen: PyTree) -> dict[str, jax.Array]:
     """Inference-mode outputs of every generator role on the batch's input."""
 
-  def real_images(self, batch: Batch) -> jax.Array | None:
+  def real_images(self, batch: Batch) -> jax.Array | dict[str, jax.Array] | None:
     """The real images each generator role's outputs are compared with as a distribution
-    (FID, KID, precision / recall), or None when the batch holds none."""
+    (FID, KID, precision / recall), or None when the batch holds none; {set: images} when roles
+    are compared with different sets (`compared_with`), e.g. the two domains of unpaired
+    translation."""
     return None
+
+  def compared_with(self, role: str) -> str | None:
+    """The real set (a key of `real_images`' dict) `role`'s outputs are compared with; None when
+    `real_images` returns one array."""
+    del role
+    return None
+
+  def counted_by(self, name: str | None) -> str | None:
+    """The batch key of a 0/1 mask of the evaluation examples that count for `name` (a generator
+    role or a real set), beside the padding; None: all of them. E.g. unpaired evaluation batches
+    repeat the smaller domain's images, which count once."""
+    del name
+    return None
+
+  def must_evaluate(self, step: int) -> bool:
+    """Whether the loop evaluates (every evaluator that is on) after `step` steps whatever
+    `eval_every` says, e.g. at the end of a training stage whose result `on_eval` selects."""
+    del step
+    return False
+
+  def report(self, state: PyTree) -> dict[str, Any]:
+    """What `gankd_jax.evaluate` records beside the metrics (JSON values), e.g. a selection
+    history kept in the state."""
+    del state
+    return {}
 
   def paired_targets(self, batch: Batch, outputs: dict[str, jax.Array]
                      ) -> dict[str, dict[str, jax.Array]]:
