@@ -3,6 +3,7 @@
   python -m gankd_jax.export --workdir=DIR [--role=student] --format=stablehlo|tflite|onnx
                              --output=FILE [--size=0] [--batch=1] [--benchmark]
   python -m gankd_jax.export --network=FILE [--arch=...] [--role=G_ema] --format=... --output=...
+  python -m gankd_jax.export --workdir=DIR --format=tflite --quantize=float16|int8 --output=FILE
 
 Restores DIR's latest checkpoint (`runs.restore_run`), takes the network of `--role` (any role
 of `method.networks`: a student, a teacher, a DCGAN, a StyleGAN2 generator) or, with
@@ -27,6 +28,11 @@ same network evaluated in float64: the max error over the output scale (max |y|)
 (fp32), else the file is removed and the command fails. The JAX model's own float32 error is
 printed beside it (a deep teacher's is ~3e-4: float32 rounding, not the export). `--benchmark`
 then times batch-1 inference of every generator role of the run in that runtime (1 and 2 threads, median after warm-up) next to its parameters and MACs.
+
+`--quantize` (TFLite): post-training quantisation, float16 weights or int8 weights (dynamic
+range: activations stay float, so no representative data). The 1e-4 check does not apply; the
+command prints the PSNR of the quantised file's output against the fp32 JAX model on the parity
+input (images in [-1, 1]), both files' sizes and their median latency at 1 thread.
 
 The heavy converters are optional extras (`pip install .[export]`): the ONNX route needs onnx,
 onnxruntime and jax2onnx; StableHLO and TFLite need only jax and tensorflow-cpu (core).
@@ -58,6 +64,10 @@ MAX_RANK = 4  # Tensor rank every deployment runtime and delegate takes.
 PARITY_SEED = 0
 LATENTS = ("z", "w")  # StyleGAN2 inputs: mapping + synthesis, or synthesis alone.
 PICKLE_ROLES = ("G_ema", "G")
+# TFLite post-training quantisation: float16 weights, or int8 weights (dynamic range: the
+# activations stay float, so no representative data is needed).
+QUANTIZE = ("float16", "int8")
+QUANTIZE_ITERS = 5  # Timed calls of the fp32 and the quantised file (median reported).
 
 
 def missing_modules(fmt: str) -> list[str]:
@@ -151,8 +161,16 @@ def _tf_quiet():
   return tf
 
 
-def tflite_bytes(forward, shape) -> bytes:
-  """jax2tf (native serialisation) -> SavedModel -> TFLite flatbuffer, builtin ops only."""
+def check_quantize(fmt: str, quantize: str | None) -> None:
+  if quantize and quantize not in QUANTIZE:
+    raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got '{quantize}'")
+  if quantize and fmt != "tflite":
+    raise ValueError(f"--quantize applies to --format=tflite, not {fmt}")
+
+
+def tflite_bytes(forward, shape, quantize: str | None = None) -> bytes:
+  """jax2tf (native serialisation) -> SavedModel -> TFLite flatbuffer, builtin ops only;
+  `quantize` float16 / int8: post-training quantisation of the weights."""
   tf = _tf_quiet()
   from jax.experimental import jax2tf
   function = tf.function(jax2tf.convert(forward, with_gradient=False), autograph=False,
@@ -163,6 +181,10 @@ def tflite_bytes(forward, shape) -> bytes:
     tf.saved_model.save(module, saved, signatures=function.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize:
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+      converter.target_spec.supported_types = [tf.float16]
     try:
       with _captured_stderr() as log:
         return converter.convert()
@@ -187,8 +209,8 @@ def _captured_stderr():
     yield buffer
 
 
-def write_tflite(forward, shape, path: str) -> None:
-  _write_bytes(path, tflite_bytes(forward, shape))
+def write_tflite(forward, shape, path: str, quantize: str | None = None) -> None:
+  _write_bytes(path, tflite_bytes(forward, shape, quantize))
 
 
 def write_onnx(forward, shape, path: str) -> None:
@@ -279,6 +301,42 @@ def op_census(fmt: str, path: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- export
+def psnr(actual, reference, peak_to_peak: float = 2.0) -> float:
+  """PSNR in dB of `actual` against `reference` for images in [-1, 1] (a range of 2)."""
+  mse = float(np.mean((np.asarray(actual, np.float64) - np.asarray(reference, np.float64)) ** 2))
+  return float("inf") if mse == 0 else float(10.0 * np.log10(peak_to_peak ** 2 / mse))
+
+
+def export_quantized(network, output: str, quantize: str, *, size: int = 0,
+                     batch: int = 1) -> dict[str, Any]:
+  """Writes `network` as a `quantize`d TFLite file and returns its record: the PSNR of its
+  output against the fp32 model's on the parity input, file sizes and the median latency (1
+  thread) of the quantised and the fp32 TFLite file. A tensor above 4-D removes the file."""
+  import jax
+  check_quantize("tflite", quantize)
+  shape = example_shape(network, size, batch)
+  forward = export_function(network)
+  write_tflite(forward, shape, output, quantize)
+  x = parity_input(shape)
+  model = np.asarray(jax.jit(reference_function(network))(x))
+  run = load_runner("tflite", output, 1)
+  record = {"format": "tflite", "quantize": quantize, "output": output, "input_shape": list(shape),
+            "psnr_db": psnr(np.reshape(run(x), model.shape), model),
+            "bytes": os.path.getsize(output), **op_census("tflite", output)}
+  if record["max_rank"] > MAX_RANK:
+    os.remove(output)
+    raise ValueError(f"tflite graph has a tensor of rank {record['max_rank']} "
+                     f"(deployment needs <= {MAX_RANK})")
+  with tempfile.TemporaryDirectory() as tmp:
+    fp32 = os.path.join(tmp, "fp32.tflite")
+    write_tflite(forward, shape, fp32)
+    record["fp32_bytes"] = os.path.getsize(fp32)
+    record["latency_ms"] = {
+        "fp32": time_runner(load_runner("tflite", fp32, 1), x, iters=QUANTIZE_ITERS),
+        quantize: time_runner(run, x, iters=QUANTIZE_ITERS)}
+  return record
+
+
 def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1,
                    tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
   """Writes `network` as `fmt` to `output`, checks it in its runtime and returns a record:
@@ -496,6 +554,9 @@ def define_flags():
   flags.DEFINE_integer("class_index", None, "StyleGAN2 conditional generator from z: the class "
                        "baked in.")
   flags.DEFINE_float("truncation_psi", 1.0, "StyleGAN2 from z: truncation towards w_avg.")
+  flags.DEFINE_string("quantize", None, "TFLite post-training quantisation: float16 (weights) "
+                      "or int8 (dynamic-range weights); prints the PSNR against the fp32 model "
+                      "and both files' latency.")
   flags.DEFINE_bool("benchmark", False, "Also time batch-1 inference of every generator role "
                     "in this format's runtime (1 and 2 threads).")
 
@@ -503,9 +564,13 @@ def define_flags():
 def run_command(workdir: str | None, role: str | None, fmt: str, output: str, size: int = 0,
                 batch: int = 1, bench: bool = False, iters: int = 20, *,
                 network: str | None = None, arch: str | None = None, latent: str = "z",
-                class_index: int | None = None, truncation_psi: float = 1.0) -> dict[str, Any]:
+                class_index: int | None = None, truncation_psi: float = 1.0,
+                quantize: str | None = None) -> dict[str, Any]:
   """The command's work, for tests: returns the export record (and the benchmark rows)."""
   check_format(fmt)
+  check_quantize(fmt, quantize)
+  if quantize and bench:
+    raise ValueError("--benchmark times fp32 files; --quantize times its own file")
   if bool(workdir) == bool(network):
     raise ValueError("give exactly one of --workdir (a run) and --network (an imported file)")
   if arch and not network:
@@ -516,6 +581,8 @@ def run_command(workdir: str | None, role: str | None, fmt: str, output: str, si
     networks, roles = {role: net}, (role,)
   else:
     networks, role, roles = networks_from_run(workdir, role, **options)
+  if quantize:
+    return export_quantized(networks[role], output, quantize, size=size, batch=batch)
   record = export_network(networks[role], fmt, output, size=size, batch=batch)
   if bench:
     record["benchmark"] = benchmark(networks, roles, fmt, size=size, iters=iters)
@@ -537,9 +604,18 @@ def main(argv):
     record = run_command(config.workdir, config.role, config.format, config.output,
                          config.size, config.batch, config.benchmark, network=config.network,
                          arch=config.arch, latent=config.latent, class_index=config.class_index,
-                         truncation_psi=config.truncation_psi)
+                         truncation_psi=config.truncation_psi, quantize=config.quantize)
   except ValueError as error:
     fail(str(error))
+  if "quantize" in record:
+    latency = record["latency_ms"]
+    print(f"wrote {record['output']} (tflite, {record['quantize']}, input "
+          f"{tuple(record['input_shape'])}, {record['bytes'] / 1e6:.3g} MB vs fp32 "
+          f"{record['fp32_bytes'] / 1e6:.3g} MB); PSNR against the fp32 model "
+          f"{record['psnr_db']:.2f} dB; latency (1 thread) {latency[record['quantize']]:.2f} ms "
+          f"vs fp32 {latency['fp32']:.2f} ms")
+    print(f"ops: {' '.join(record['ops'])}; max tensor rank {record['max_rank']}")
+    return
   print(f"wrote {record['output']} ({record['format']}, input {tuple(record['input_shape'])}); "
         f"max error against float64 {record['max_error']:.3g} = {record['relative_error']:.3g} "
         f"of the output scale {record['output_scale']:.3g} (the JAX model in float32: "

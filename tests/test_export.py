@@ -6,7 +6,8 @@ tests/fixtures/stylegan2 (16 / 32 px; from z through mapping and synthesis, or s
 ws): the export graph equals the training graph and has no tensor above 4-D; each artifact run
 in its runtime (deserialised StableHLO, the TFLite interpreter, onnxruntime) matches the same
 network evaluated in float64 within 1e-4 of the output scale (instance norm in TFLite too); TFLite holds builtin ops only. A format whose extra is not
-installed is skipped with the reason. The command runs end to end on a one-step OMGD run, a
+installed is skipped with the reason. TFLite post-training quantisation (float16, int8 weights)
+gives smaller files, builtin ops only, close to the fp32 model (PSNR). The command runs end to end on a one-step OMGD run, a
 one-step StyleGAN2 run, an imported PyTorch generator .pth and a network pickle (`--network`).
 """
 import os
@@ -150,6 +151,27 @@ def test_parity_reference_is_float64():
   assert 0 < np.max(np.abs(model - exact)) / scale < export.PARITY_TOLERANCE
 
 
+@pytest.mark.parametrize("quantize", export.QUANTIZE)
+def test_tflite_quantized_student(quantize, tmp_path):
+  require("tflite")
+  net = network("unet")
+  record = export.export_quantized(net, str(tmp_path / "q.tflite"), quantize)
+  # Smaller weights, still builtin ops only, close to the fp32 model but not bit-equal.
+  assert record["bytes"] < 0.6 * record["fp32_bytes"], record
+  assert 40.0 < record["psnr_db"] < float("inf"), record
+  assert record["max_rank"] <= 4 and "CONV_2D" in record["ops"]
+  assert not [op for op in record["ops"] if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")]
+  assert set(record["latency_ms"]) == {"fp32", quantize}
+  assert all(ms > 0 for ms in record["latency_ms"].values())
+
+
+def test_quantize_bad_input_is_one_line():
+  with pytest.raises(ValueError, match="--quantize applies to --format=tflite, not onnx"):
+    export.check_quantize("onnx", "int8")
+  with pytest.raises(ValueError, match="--quantize must be one of float16, int8, got 'int4'"):
+    export.check_quantize("tflite", "int4")
+
+
 @pytest.mark.parametrize("name", RUNTIME_FAMILIES)
 def test_onnx_parity(name, tmp_path):
   require("onnx")
@@ -192,6 +214,16 @@ def test_command_exports_student_and_benchmarks(run, tmp_path):
   assert all(min(row["latency_ms"].values()) > 0 and row["macs"] > 0 for row in rows.values())
   table = export.format_benchmark(rows, "stablehlo")
   assert "student vs teacher_wide: MACs ratio" in table
+
+
+def test_command_quantized_student(run, tmp_path):
+  require("tflite")
+  output = str(tmp_path / "student.tflite")
+  record = export.run_command(run, None, "tflite", output, quantize="float16")
+  assert record["quantize"] == "float16" and os.path.isfile(output)
+  assert record["psnr_db"] > 40.0 and record["bytes"] < record["fp32_bytes"], record
+  with pytest.raises(ValueError, match="--benchmark times fp32 files"):
+    export.run_command(run, None, "tflite", output, bench=True, quantize="int8")
 
 
 def test_command_line_end_to_end_and_bad_role(run, tmp_path):
