@@ -3,6 +3,7 @@
   python -m gankd_jax.export --workdir=DIR [--role=student] --format=stablehlo|tflite|onnx
                              --output=FILE [--size=0] [--batch=1] [--benchmark]
   python -m gankd_jax.export --network=FILE [--arch=...] [--role=G_ema] --format=... --output=...
+  python -m gankd_jax.export --workdir=DIR --format=tflite --quantize=float16|int8 --output=FILE
 
 Restores DIR's latest checkpoint (`runs.restore_run`), takes the network of `--role` (any role
 of `method.networks`: a student, a teacher, a DCGAN, a StyleGAN2 generator) or, with
@@ -22,10 +23,16 @@ The network is traced in the layers' export graph mode (`layers.export_graph`): 
 convolutions, instance norm by mean / variance, no tensor above 4-D, the same outputs.
 
 After writing, the command runs the artifact in its own runtime (deserialised StableHLO, the
-TFLite interpreter, onnxruntime) on a fixed input and compares it with the JAX model: the max
-error over the output scale (max |y|) must be <= 1e-4 (fp32), else the file is removed and the
-command fails. `--benchmark` then times batch-1 inference of every generator role of the run in
-that runtime (1 and 2 threads, median after warm-up) next to its parameters and MACs.
+TFLite interpreter, onnxruntime) on a fixed input and compares it with the exact output, the
+same network evaluated in float64: the max error over the output scale (max |y|) must be <= 1e-4
+(fp32), else the file is removed and the command fails. The JAX model's own float32 error is
+printed beside it (a deep teacher's is ~3e-4: float32 rounding, not the export). `--benchmark`
+then times batch-1 inference of every generator role of the run in that runtime (1 and 2 threads, median after warm-up) next to its parameters and MACs.
+
+`--quantize` (TFLite): post-training quantisation, float16 weights or int8 weights (dynamic
+range: activations stay float, so no representative data). The 1e-4 check does not apply; the
+command prints the PSNR of the quantised file's output against the fp32 JAX model on the parity
+input (images in [-1, 1]), both files' sizes and their median latency at 1 thread.
 
 The heavy converters are optional extras (`pip install .[export]`): the ONNX route needs onnx,
 onnxruntime and jax2onnx; StableHLO and TFLite need only jax and tensorflow-cpu (core).
@@ -57,6 +64,10 @@ MAX_RANK = 4  # Tensor rank every deployment runtime and delegate takes.
 PARITY_SEED = 0
 LATENTS = ("z", "w")  # StyleGAN2 inputs: mapping + synthesis, or synthesis alone.
 PICKLE_ROLES = ("G_ema", "G")
+# TFLite post-training quantisation: float16 weights, or int8 weights (dynamic range: the
+# activations stay float, so no representative data is needed).
+QUANTIZE = ("float16", "int8")
+QUANTIZE_ITERS = 5  # Timed calls of the fp32 and the quantised file (median reported).
 
 
 def missing_modules(fmt: str) -> list[str]:
@@ -87,12 +98,16 @@ def example_shape(network, size: int = 0, batch: int = 1) -> tuple[int, ...]:
   return (batch, *shape)
 
 
-def export_function(network) -> Callable[[Any], Any]:
+def export_function(network, dtype=None) -> Callable[[Any], Any]:
   """x -> the network's output (the first, for a tuple), traced in the export graph mode with
-  its variables as constants."""
+  its variables as constants (floating ones cast to `dtype` when given)."""
   import jax
   from gankd_jax.models.layers import export_graph
   variables = jax.device_get(network.variables)
+  if dtype is not None:
+    variables = jax.tree_util.tree_map(
+        lambda v: np.asarray(v, dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v,
+        variables)
 
   def forward(x):
     with export_graph():
@@ -112,6 +127,17 @@ def reference_function(network) -> Callable[[Any], Any]:
     return out[0] if isinstance(out, (tuple, list)) else out
 
   return forward
+
+
+def float64_output(network, x) -> np.ndarray:
+  """The exact output the parity check measures against: the export graph evaluated in float64
+  (weights and input widened; jax x64 for this call only). A float32 model is not exact either:
+  the JAX training graph of a deep randomly initialised teacher (OMGD resnet_s16's deep one at
+  256 px) is itself 3e-4 of the output scale off float64 (its norms take E[x^2] - mean^2), so
+  a float32 reference would charge its rounding to the runtime."""
+  import jax
+  with jax.enable_x64(True):
+    return np.asarray(jax.jit(export_function(network, np.float64))(np.asarray(x, np.float64)))
 
 
 def parity_input(shape) -> np.ndarray:
@@ -135,8 +161,16 @@ def _tf_quiet():
   return tf
 
 
-def tflite_bytes(forward, shape) -> bytes:
-  """jax2tf (native serialisation) -> SavedModel -> TFLite flatbuffer, builtin ops only."""
+def check_quantize(fmt: str, quantize: str | None) -> None:
+  if quantize and quantize not in QUANTIZE:
+    raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got '{quantize}'")
+  if quantize and fmt != "tflite":
+    raise ValueError(f"--quantize applies to --format=tflite, not {fmt}")
+
+
+def tflite_bytes(forward, shape, quantize: str | None = None) -> bytes:
+  """jax2tf (native serialisation) -> SavedModel -> TFLite flatbuffer, builtin ops only;
+  `quantize` float16 / int8: post-training quantisation of the weights."""
   tf = _tf_quiet()
   from jax.experimental import jax2tf
   function = tf.function(jax2tf.convert(forward, with_gradient=False), autograph=False,
@@ -147,6 +181,10 @@ def tflite_bytes(forward, shape) -> bytes:
     tf.saved_model.save(module, saved, signatures=function.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize:
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+      converter.target_spec.supported_types = [tf.float16]
     try:
       with _captured_stderr() as log:
         return converter.convert()
@@ -171,8 +209,8 @@ def _captured_stderr():
     yield buffer
 
 
-def write_tflite(forward, shape, path: str) -> None:
-  _write_bytes(path, tflite_bytes(forward, shape))
+def write_tflite(forward, shape, path: str, quantize: str | None = None) -> None:
+  _write_bytes(path, tflite_bytes(forward, shape, quantize))
 
 
 def write_onnx(forward, shape, path: str) -> None:
@@ -263,29 +301,71 @@ def op_census(fmt: str, path: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- export
+def psnr(actual, reference, peak_to_peak: float = 2.0) -> float:
+  """PSNR in dB of `actual` against `reference` for images in [-1, 1] (a range of 2)."""
+  mse = float(np.mean((np.asarray(actual, np.float64) - np.asarray(reference, np.float64)) ** 2))
+  return float("inf") if mse == 0 else float(10.0 * np.log10(peak_to_peak ** 2 / mse))
+
+
+def export_quantized(network, output: str, quantize: str, *, size: int = 0,
+                     batch: int = 1) -> dict[str, Any]:
+  """Writes `network` as a `quantize`d TFLite file and returns its record: the PSNR of its
+  output against the fp32 model's on the parity input, file sizes and the median latency (1
+  thread) of the quantised and the fp32 TFLite file. A tensor above 4-D removes the file."""
+  import jax
+  check_quantize("tflite", quantize)
+  shape = example_shape(network, size, batch)
+  forward = export_function(network)
+  write_tflite(forward, shape, output, quantize)
+  x = parity_input(shape)
+  model = np.asarray(jax.jit(reference_function(network))(x))
+  run = load_runner("tflite", output, 1)
+  record = {"format": "tflite", "quantize": quantize, "output": output, "input_shape": list(shape),
+            "psnr_db": psnr(np.reshape(run(x), model.shape), model),
+            "bytes": os.path.getsize(output), **op_census("tflite", output)}
+  if record["max_rank"] > MAX_RANK:
+    os.remove(output)
+    raise ValueError(f"tflite graph has a tensor of rank {record['max_rank']} "
+                     f"(deployment needs <= {MAX_RANK})")
+  with tempfile.TemporaryDirectory() as tmp:
+    fp32 = os.path.join(tmp, "fp32.tflite")
+    write_tflite(forward, shape, fp32)
+    record["fp32_bytes"] = os.path.getsize(fp32)
+    record["latency_ms"] = {
+        "fp32": time_runner(load_runner("tflite", fp32, 1), x, iters=QUANTIZE_ITERS),
+        quantize: time_runner(run, x, iters=QUANTIZE_ITERS)}
+  return record
+
+
 def export_network(network, fmt: str, output: str, *, size: int = 0, batch: int = 1,
                    tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
   """Writes `network` as `fmt` to `output`, checks it in its runtime and returns a record:
-  the input shape, max error, output scale, and the op census (TFLite / ONNX). An error above
-  `tolerance` of the output scale or a tensor above 4-D removes the file and raises a one-line
-  ValueError."""
+  the input shape, max error against the float64 evaluation (`float64_output`), output scale,
+  the same error of the JAX model in float32 and the runtime's difference from it, and the op
+  census (TFLite / ONNX). An error above `tolerance` of the output scale or a tensor above 4-D
+  removes the file and raises a one-line ValueError."""
   import jax
   check_format(fmt)
   shape = example_shape(network, size, batch)
   forward = export_function(network)
   WRITERS[fmt](forward, shape, output)
   x = parity_input(shape)
-  expected = np.asarray(jax.jit(reference_function(network))(x))
-  actual = np.asarray(load_runner(fmt, output)(x))
-  scale = float(np.max(np.abs(expected))) or 1.0
-  error = float(np.max(np.abs(actual.reshape(expected.shape) - expected)))
+  exact = float64_output(network, x)
+  model = np.asarray(jax.jit(reference_function(network))(x), np.float64)
+  actual = np.asarray(load_runner(fmt, output)(x), np.float64).reshape(exact.shape)
+  scale = float(np.max(np.abs(exact))) or 1.0
+  error = float(np.max(np.abs(actual - exact)))
+  jax_error = float(np.max(np.abs(model - exact)))
   record = {"format": fmt, "output": output, "input_shape": list(shape),
             "max_error": error, "output_scale": scale, "relative_error": error / scale,
+            "jax_relative_error": jax_error / scale,
+            "vs_jax_relative_error": float(np.max(np.abs(actual - model))) / scale,
             **op_census(fmt, output)}
   problem = None
   if record["relative_error"] > tolerance:
-    problem = (f"{fmt} output differs from the JAX model by {error:.3g} (scale {scale:.3g}; "
-               f"tolerance {tolerance:g} of the scale)")
+    problem = (f"{fmt} output differs from the float64 evaluation by {error:.3g} (scale "
+               f"{scale:.3g}; tolerance {tolerance:g} of the scale; the JAX model in float32: "
+               f"{jax_error / scale:.3g})")
   elif record.get("max_rank", 0) > MAX_RANK:
     problem = f"{fmt} graph has a tensor of rank {record['max_rank']} (deployment needs <= {MAX_RANK})"
   if problem:
@@ -474,6 +554,9 @@ def define_flags():
   flags.DEFINE_integer("class_index", None, "StyleGAN2 conditional generator from z: the class "
                        "baked in.")
   flags.DEFINE_float("truncation_psi", 1.0, "StyleGAN2 from z: truncation towards w_avg.")
+  flags.DEFINE_string("quantize", None, "TFLite post-training quantisation: float16 (weights) "
+                      "or int8 (dynamic-range weights); prints the PSNR against the fp32 model "
+                      "and both files' latency.")
   flags.DEFINE_bool("benchmark", False, "Also time batch-1 inference of every generator role "
                     "in this format's runtime (1 and 2 threads).")
 
@@ -481,9 +564,13 @@ def define_flags():
 def run_command(workdir: str | None, role: str | None, fmt: str, output: str, size: int = 0,
                 batch: int = 1, bench: bool = False, iters: int = 20, *,
                 network: str | None = None, arch: str | None = None, latent: str = "z",
-                class_index: int | None = None, truncation_psi: float = 1.0) -> dict[str, Any]:
+                class_index: int | None = None, truncation_psi: float = 1.0,
+                quantize: str | None = None) -> dict[str, Any]:
   """The command's work, for tests: returns the export record (and the benchmark rows)."""
   check_format(fmt)
+  check_quantize(fmt, quantize)
+  if quantize and bench:
+    raise ValueError("--benchmark times fp32 files; --quantize times its own file")
   if bool(workdir) == bool(network):
     raise ValueError("give exactly one of --workdir (a run) and --network (an imported file)")
   if arch and not network:
@@ -494,6 +581,8 @@ def run_command(workdir: str | None, role: str | None, fmt: str, output: str, si
     networks, roles = {role: net}, (role,)
   else:
     networks, role, roles = networks_from_run(workdir, role, **options)
+  if quantize:
+    return export_quantized(networks[role], output, quantize, size=size, batch=batch)
   record = export_network(networks[role], fmt, output, size=size, batch=batch)
   if bench:
     record["benchmark"] = benchmark(networks, roles, fmt, size=size, iters=iters)
@@ -515,12 +604,23 @@ def main(argv):
     record = run_command(config.workdir, config.role, config.format, config.output,
                          config.size, config.batch, config.benchmark, network=config.network,
                          arch=config.arch, latent=config.latent, class_index=config.class_index,
-                         truncation_psi=config.truncation_psi)
+                         truncation_psi=config.truncation_psi, quantize=config.quantize)
   except ValueError as error:
     fail(str(error))
+  if "quantize" in record:
+    latency = record["latency_ms"]
+    print(f"wrote {record['output']} (tflite, {record['quantize']}, input "
+          f"{tuple(record['input_shape'])}, {record['bytes'] / 1e6:.3g} MB vs fp32 "
+          f"{record['fp32_bytes'] / 1e6:.3g} MB); PSNR against the fp32 model "
+          f"{record['psnr_db']:.2f} dB; latency (1 thread) {latency[record['quantize']]:.2f} ms "
+          f"vs fp32 {latency['fp32']:.2f} ms")
+    print(f"ops: {' '.join(record['ops'])}; max tensor rank {record['max_rank']}")
+    return
   print(f"wrote {record['output']} ({record['format']}, input {tuple(record['input_shape'])}); "
-        f"max error {record['max_error']:.3g} = {record['relative_error']:.3g} of the output "
-        f"scale {record['output_scale']:.3g}")
+        f"max error against float64 {record['max_error']:.3g} = {record['relative_error']:.3g} "
+        f"of the output scale {record['output_scale']:.3g} (the JAX model in float32: "
+        f"{record['jax_relative_error']:.3g}; {record['format']} vs JAX float32: "
+        f"{record['vs_jax_relative_error']:.3g})")
   if "ops" in record:
     print(f"ops: {' '.join(record['ops'])}; max tensor rank {record['max_rank']}")
   if "benchmark" in record:
