@@ -295,9 +295,11 @@ def test_truncated_file_is_refused_up_front(tmp_path):
 
 # ----------------------------------------------------------------------------- preflight
 def run_config(data_config) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "method": "omgd_cycle", "data": data_config, "num_train_steps": 2, "batch_size": 1,
-      "log_every": 1, "eval_every": 1, "checkpoint_every": 1})
+  """The unpaired method's default config (configs/omgd_cycle.py) on `data_config`."""
+  from configs import omgd_cycle
+  config = omgd_cycle.get_config()
+  config.data = data_config
+  return config
 
 
 def test_data_path_selects_the_folder_source(tmp_path):
