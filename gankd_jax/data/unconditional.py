@@ -148,23 +148,31 @@ def folder_split_dir(path: Optional[str], split: str, eval_split: Optional[str])
                    "folder for evaluation")
 
 
+def open_tfds_source(name: str, split: str, data_dir: Optional[str] = None,
+                     download: bool = True):
+  """`tfds.data_source` of a non-empty split (random access); any failure is one line."""
+  import tensorflow_datasets as tfds
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    count = len(source)
+  except Exception as error:  # TFDS raises many kinds; the user needs one line.
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    raise ValueError(f"TFDS dataset '{name}' split '{split}' is not available "
+                     f"({type(error).__name__}: {first[:200]}); prepare it with "
+                     f"`tfds build {name} --file_format=array_record` or set "
+                     "data.data_dir") from None
+  if count == 0:
+    raise ValueError(f"TFDS dataset '{name}' split '{split}' has no examples")
+  return source
+
+
 class TFDSImages(ImageDataset):
   """A TFDS catalog dataset read by random access (`tfds.data_source`, ArrayRecord files)."""
 
   def __init__(self, name: str, split: str, transform: ImageTransform,
                data_dir: Optional[str] = None, download: bool = True):
-    import tensorflow_datasets as tfds
-    try:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-      self.num_examples = len(self.source)
-    except Exception as error:  # TFDS raises many kinds; the user needs one line.
-      first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-      raise ValueError(f"TFDS dataset '{name}' split '{split}' is not available "
-                       f"({type(error).__name__}: {first[:200]}); prepare it with "
-                       f"`tfds build {name} --file_format=array_record` or set "
-                       "data.data_dir") from None
-    if self.num_examples == 0:
-      raise ValueError(f"TFDS dataset '{name}' split '{split}' has no examples")
+    self.source = open_tfds_source(name, split, data_dir, download)
+    self.num_examples = len(self.source)
     self.name = name
     self.transform = transform
 

@@ -58,7 +58,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFilter
 
-from gankd_jax.data import digits, embedded, images
+from gankd_jax.data import digits, embedded, images, unconditional
 from gankd_jax.data.paired import apply_augmentation, sample_augmentation
 
 EMBEDDED_NAME = "embedded_unpaired"
@@ -145,20 +145,9 @@ class TFDSDomain(Domain):
 
   def __init__(self, name: str, split: str, data_dir: Optional[str] = None,
                download: bool = True):
-    import tensorflow_datasets as tfds
-    try:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-      count = len(self.source)
-    except Exception as error:  # TFDS raises many kinds; the user needs one line.
-      first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-      raise ValueError(f"TFDS dataset '{name}' split '{split}' is not available "
-                       f"({type(error).__name__}: {first[:200]}); prepare it with "
-                       f"`tfds build {name} --file_format=array_record` or set "
-                       "data.data_dir") from None
-    if count == 0:
-      raise ValueError(f"TFDS dataset '{name}' split '{split}' has no examples")
+    self.source = unconditional.open_tfds_source(name, split, data_dir, download)
     self.name = name
-    self.count = count
+    self.count = len(self.source)
 
   def __len__(self) -> int:
     return self.count
