@@ -181,6 +181,7 @@ class NickelDiMe(StyleGAN2):
     self.init_from = ""
     self.nickel = config.nickel
     self.dime = config.dime
+    self._embeddings: dict[str, Embedding] = {}
     self._notes = [Note(
         f"NICKEL & DiME at {self.image_shape[0]} px: student pruned by "
         f"{config.student.pruning_ratio:g} ({config.student.criterion}), NICKEL "
@@ -237,7 +238,7 @@ class NickelDiMe(StyleGAN2):
     frozen = {"teacher": g_t, "phi": {}, "targets": {}}
     if self.dime.form != "none":
       for name, entry in self.dime.networks.items():
-        embedding = load_embedding(name, entry)
+        embedding = self._embedding_cache(name, entry)  # Read once; the step reuses it.
         frozen["phi"][name] = embedding.variables
         if self.dime.form == "moments":
           frozen["targets"][name] = self._moment_targets(g_t, embedding)
@@ -256,10 +257,10 @@ class NickelDiMe(StyleGAN2):
         teacher_variables, masks, self.image_shape[0]))
 
   def _embedding_cache(self, name, entry) -> Embedding:
-    cache = self.__dict__.setdefault("_embedding_objects", {})
-    if name not in cache:
-      cache[name] = load_embedding(name, entry)
-    return cache[name]
+    """phi `name`, read once (by load_frozen) and reused by the traced step."""
+    if name not in self._embeddings:
+      self._embeddings[name] = load_embedding(name, entry)
+    return self._embeddings[name]
 
   def _moment_targets(self, g_t, embedding: Embedding) -> dict[str, jax.Array]:
     """First and second raw moments of phi over N teacher samples (seeded, style mixing off,
