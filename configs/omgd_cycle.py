@@ -9,11 +9,10 @@ Variants (`--config=configs/omgd_cycle.py:NAME`):
                      256x256, batch 1, mobile_resnet_9blocks teachers ngf 64 / 48 and students
                      ngf 16 / 12 / 8, lambda_cd 5e2 (horse2zebra) / 1e2 (summer2winter), n_dis 4,
                      m = save_epoch_freq 10 / 12 / 8 / 6, 100 + 100 teacher epochs, on TFDS
-                     cycle_gan/<name> (or a CycleGAN folder with --config.data.path=DIR), FID in
+                     cycle_gan/<name> (or a CycleGAN folder:
+                     --config.data.name=cycle_gan_folder --config.data.path=DIR), FID in
                      pytorch-fid's Inception features.
 """
-
-import math
 
 import ml_collections
 
@@ -37,11 +36,15 @@ def _generator(ngf: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"name": "mobile_resnet", "ngf": ngf, "norm": "instance"})
 
 
-def _num_steps(config) -> int:
-  """Whole rounds covering the configured teacher epochs."""
-  c = config.cycle
-  rounds = math.ceil((config.optimizer.nepochs + config.optimizer.nepochs_decay) / c.m)
-  return rounds * (c.m + c.n_dis * c.m) * c.epoch_steps
+def _num_steps(config):
+  """Whole rounds covering the configured teacher epochs, as a lazy reference: it follows any
+  later change of m, n_dis, the epochs or `cycle.epoch_steps` (set from the data at start when
+  `cycle.epoch_of_data`), unless num_train_steps itself is set."""
+  cycle, opt = config.cycle, config.optimizer
+  m = cycle.get_ref("m")
+  epochs = opt.get_ref("nepochs") + opt.get_ref("nepochs_decay")
+  rounds = (epochs + m - 1) // m
+  return rounds * (m + cycle.get_ref("n_dis") * m) * cycle.get_ref("epoch_steps")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -55,10 +58,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.best_checkpoint_metric = "student/fid"  # Against real B, as the paper reports.
 
   # Rounds: m teacher epochs, then n_dis * m student epochs against the selected G_A.
-  # epoch_steps: steps per epoch, ceil(max(|A|, |B|) / batch_size) of the training data in the
-  # reference variants; here a shorter "epoch" of 100 images, so that the default's few minutes
-  # hold three rounds (three selections) rather than part of one.
-  config.cycle = ml_collections.ConfigDict({"m": 2, "n_dis": 1, "epoch_steps": 100})
+  # epoch_steps: steps per epoch. epoch_of_data (the reference variants): set at start from the
+  # training data, ceil(max(|trainA|, |trainB|) / batch_size), as the reference's epoch; the
+  # value here is then the reference dataset's, for planning and model_stats. The default has a
+  # shorter "epoch" of 100 images, so that its few minutes hold three rounds (three selections)
+  # rather than part of one.
+  config.cycle = ml_collections.ConfigDict({"m": 2, "n_dis": 1, "epoch_steps": 100,
+                                            "epoch_of_data": False})
   # metric: fid (G_A is kept when its FID against real B improves) | none (the latest G_A).
   # rewrite_on_either: also keep G_A when G_B's FID against real A improves (the reference's
   # best_net_G_teacher_A.pth is rewritten then; False is the paper's intent).
@@ -97,6 +103,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.eval.evaluators = base.evaluators("paired", "fid")
   config.eval.evaluators.fid.features = "digit_classifier"
+  # FID (and the selection) against the target domain's train + eval real images, as the
+  # reference's real statistics (gan-compression's real_stat npz files: train + test; its issue
+  # #81). KID and precision/recall, when turned on, alike.
+  for name in ("fid", "kid", "precision_recall"):
+    config.eval.evaluators[name].reference = "train+eval"
   config.eval.batch_size = 32
   config.eval.num_sample_images = 6
 
@@ -114,7 +125,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.discriminator.ndf = 64
     config.loss.lambda_cd = lambda_cd
     config.loss.lambda_pixel = 0.0
-    config.cycle = ml_collections.ConfigDict({"m": m, "n_dis": 4, "epoch_steps": epoch_steps})
+    config.cycle.update({"m": m, "n_dis": 4, "epoch_steps": epoch_steps, "epoch_of_data": True})
     config.optimizer.nepochs = 100
     config.optimizer.nepochs_decay = 100
     config.eval.evaluators.fid.features = "inception"

@@ -77,10 +77,14 @@ def eval_config(config, inception_weights: str):
   evaluators = {name: {"type": name} for name in EVALUATORS}
   # A run that measured FID in other features (e.g. the digit classifier, shipped with the
   # package) gets FID / KID in those when no Inception weights are found, rather than none.
-  run_features = config.get("eval", {}).get("evaluators", {}).get("fid", {}).get("features")
+  run_fid = config.get("eval", {}).get("evaluators", {}).get("fid", {})
+  run_features = run_fid.get("features")
   if run_features not in (None, "inception") and not configured and not _inception_cached():
     for name in ("fid", "kid"):
       evaluators[name]["features"] = run_features
+  # The run's reference side (e.g. CycleGAN's train + eval real images) for every real-side type.
+  for name in ("fid", "kid", "precision_recall"):
+    evaluators[name]["reference"] = run_fid.get("reference", "eval")
   return ml_collections.ConfigDict({
       "evaluators": evaluators, "inception_weights": configured or "",
       "vgg16_weights": config.get("eval", {}).get("vgg16_weights", "") or ""})
@@ -91,12 +95,17 @@ def _inception_cached() -> bool:
   return download.find_cached(download.INCEPTION_FID) is not None
 
 
-def reference_key(data_config: dict, num_examples: int, image_shape, weights_sha256: str) -> str:
-  """Cache key of the real images' features: what determines them, hashed."""
+def reference_key(data_config: dict, num_examples: int, image_shape, weights_sha256: str,
+                  references: dict[str, str] | None = None) -> str:
+  """Cache key of the real images' features: what determines them, hashed. `references`: each
+  evaluator's reference side (spec.reference) where it is not the default "eval"."""
   data_config = {k: v for k, v in data_config.items() if k != "num_threads"}  # Speed only.
-  described = json.dumps({"format": STATS_FORMAT, "data": data_config, "split": "eval",
-                          "num_examples": int(num_examples), "image_shape": list(image_shape),
-                          "weights_sha256": weights_sha256}, sort_keys=True)
+  fields = {"format": STATS_FORMAT, "data": data_config, "split": "eval",
+            "num_examples": int(num_examples), "image_shape": list(image_shape),
+            "weights_sha256": weights_sha256}
+  if references:
+    fields["references"] = references
+  described = json.dumps(fields, sort_keys=True)
   return hashlib.sha256(described.encode()).hexdigest()[:24]
 
 
@@ -153,7 +162,9 @@ def attach_references(evaluators, config, num_examples: int, image_shape, cache:
   for name, members in by_network.items():
     weights = members[0].network.weights_path
     sha = download.sha256_of(weights) if weights else name
-    key = reference_key(config.data.to_dict(), num_examples, image_shape, sha)
+    key = reference_key(config.data.to_dict(), num_examples, image_shape, sha,
+                        {e.spec.name: e.spec.reference for e in members
+                         if e.spec.reference != "eval"})
     path = os.path.join(cache, f"{key}.npz")
     stored = load_references(path) or {}
     for evaluator in members:
@@ -231,13 +242,16 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
     if inception_weights and note.startswith(("fid", "inception_score", "kid")):
       raise ValueError(note.split(": ", 1)[1])  # Asked for explicitly: an error, not a note.
     logging.warning("%s", note)
+  training_reals = (data.build_dataset(config.data, "train_eval")
+                    if evaluation.wants_training_reals(evaluators.distribution_specs()) else None)
   real_sets = sorted({method.compared_with(role) for role in method.generator_roles},
                      key=lambda s: (s is not None, s or ""))
   references = attach_references(evaluators, config, num_examples, eval_data.image_shape,
                                  stats_cache_dir(stats_cache), real_sets)
   result = evaluation.evaluation_pass(
       method, restored.state, restored.frozen, eval_data, mesh, evaluators, batch_size=batch_size,
-      max_examples=num_examples, num_sample_images=num_sample_images)
+      max_examples=num_examples, num_sample_images=num_sample_images,
+      training_reals=training_reals)
   for name, info in references.items():
     members, sets = info.pop("evaluators"), info.pop("real_sets")
     if not info["cached"] and all(s in e.references for e in members for s in sets) and (
@@ -246,7 +260,8 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
                                      for e in members for s in sets}, {
           "data": config.data.to_dict(), "split": "eval", "num_examples": result.num_examples,
           "image_shape": list(eval_data.image_shape), "features": name,
-          "weights_sha256": info["weights_sha256"], "format": STATS_FORMAT})
+          "weights_sha256": info["weights_sha256"], "format": STATS_FORMAT,
+          "references": {e.spec.name: e.spec.reference for e in members}})
   costs = cost(method.networks(restored.state, restored.frozen), result.roles, latency_iters)
   record = {"workdir": str(workdir), "method": config.method, "step": int(restored.step),
             "split": "eval", "num_examples": result.num_examples, "devices": mesh.size,
@@ -273,17 +288,21 @@ QUALITY_COLUMNS = (("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"), ("kid", "KI
 
 
 def format_table(record: dict[str, Any]) -> str:
-  """The eval.json record as a fixed-width table, one row per role, then the student's ratios."""
+  """The eval.json record as a table, one row per role, then the student's ratios. Each column is
+  as wide as its widest cell, with two spaces between columns, so no value runs into the next."""
   roles = record["roles"]
   quality = [c for c in QUALITY_COLUMNS if any(c[0] in m for m in roles.values())]
-  header = (f"{'role':<14}{'params (M)':>11}{'MACs (G)':>10}{'latency ms':>11}"
-            + "".join(f"{title:>9}" for _, title, _ in quality))
-  lines = [f"{record['method']} at step {record['step']}, {record['num_examples']} examples of the "
-           f"eval split, latency batch 1 on {record['backend']}", header]
+  rows = [["role", "params (M)", "MACs (G)", "latency ms", *(title for _, title, _ in quality)]]
   for role, m in roles.items():
-    lines.append(f"{role:<14}{m['params'] / 1e6:>11.3f}{m['macs'] / 1e9:>10.3f}"
-                 f"{m['latency_ms']:>11.2f}"
-                 + "".join(f"{fmt.format(m[key]) if key in m else '-':>9}" for key, _, fmt in quality))
+    rows.append([role, f"{m['params'] / 1e6:.3f}", f"{m['macs'] / 1e9:.3f}",
+                 f"{m['latency_ms']:.2f}",
+                 *(fmt.format(m[key]) if key in m else "-" for key, _, fmt in quality)])
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = [f"{record['method']} at step {record['step']}, {record['num_examples']} examples of the "
+           f"eval split, latency batch 1 on {record['backend']}"]
+  lines.extend("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in
+                                                       zip(row[1:], widths[1:])]).rstrip()
+               for row in rows)
   student = roles.get("student", {})
   for teacher, ratios in record["student_vs"].items():
     vs = [f"{name.upper()} {student[f'{name}_vs_{teacher}']:.4g}" for name in ("psnr", "ssim", "l1")

@@ -14,6 +14,9 @@ Evaluators are declared by name in the config, as big_vision declares its own:
                default), digit_classifier (metrics/digit_classifier.py, for digits / MNIST) or
                vgg16_fc2 (torchvision VGG16's fc2, precision_recall's default)
   k            precision_recall: the k of the k-NN manifolds (3)
+  reference    fid / kid / precision_recall: the real images of the reference side, "eval" (the
+               evaluation split's, default) or "train+eval" (the training split's too, prepared
+               as for evaluation: CycleGAN's FID statistics are of train + test real images)
 
 Per-example evaluators (paired, sharpness) run inside the jitted evaluation step and are averaged
 over the real (unpadded) examples; distribution evaluators accumulate features of every batch and
@@ -46,7 +49,8 @@ DISTRIBUTION_TYPES = ("fid", "inception_score", "kid", "precision_recall")
 TYPES = (*PER_EXAMPLE_TYPES, *DISTRIBUTION_TYPES)
 FEATURES = ("inception", "digit_classifier", "vgg16_fc2")
 DEFAULT_FEATURES = {"precision_recall": "vgg16_fc2"}  # Else inception.
-FIELDS = ("type", "roles", "every", "num_samples", "features", "k")
+FIELDS = ("type", "roles", "every", "num_samples", "features", "k", "reference")
+REFERENCES = ("eval", "train+eval")
 INCEPTION_FLAG = "--config.eval.inception_weights"
 VGG_FLAG = "--config.eval.vgg16_weights"
 OFF = -1
@@ -62,6 +66,7 @@ class EvaluatorSpec:
   num_samples: int = 0
   features: str = "inception"
   k: int = 3
+  reference: str = "eval"
 
   def due(self, step: int, eval_every: int, final_step: int) -> bool:
     """Whether it runs at `step` (always at step 0 and at the end, unless off)."""
@@ -99,9 +104,19 @@ def parse(evaluators) -> list[EvaluatorSpec]:
                          f"{OFF if field == 'every' else 0}, got {fields[field]}")
     if kind == "precision_recall" and int(fields.get("k", 3)) < 1:
       raise ValueError(f"eval.evaluators.{name}.k must be >= 1, got {fields['k']}")
+    if fields.get("reference", "eval") not in REFERENCES:
+      raise ValueError(f"eval.evaluators.{name}.reference: unknown '{fields['reference']}'; "
+                       f"choose from {', '.join(REFERENCES)}")
+    if fields.get("reference", "eval") != "eval" and kind == "inception_score":
+      raise ValueError(f"eval.evaluators.{name}.reference: an inception score has no real side")
     fields["roles"] = tuple(fields.get("roles", ()) or ())
     specs.append(EvaluatorSpec(name, kind, **fields))
   return specs
+
+
+def wants_training_reals(specs: Iterable[EvaluatorSpec]) -> bool:
+  """Whether an evaluator that is on takes training images into its reference side."""
+  return any(s.reference == "train+eval" and s.every != OFF for s in specs)
 
 
 def check_roles(specs: list[EvaluatorSpec], generator_roles: Iterable[str]) -> None:
@@ -284,6 +299,21 @@ class _DistributionPass:
     else:
       accumulator.update(features["features"], mask)
 
+  def needs_training_reals(self, real_sets) -> bool:
+    return self.owner.spec.reference == "train+eval" and any(
+        s not in self.owner.references for s in real_sets)
+
+  def add_training_reals(self, features_of: Callable[[Any], dict], mask_of, real_sets) -> None:
+    """Training images of the reference side (spec.reference train+eval), all of them; the
+    evaluation split's are added by `update`."""
+    for real_set in real_sets:
+      if real_set in self.owner.references:
+        continue
+      mask = np.asarray(mask_of(real_set), bool)
+      if mask.any():
+        accumulator = self.real.setdefault(real_set, self.owner._accumulator(0, True))
+        self._update(accumulator, features_of(("real", real_set)), mask)
+
   def update(self, features_of: Callable[[Any], dict], roles, mask_of: Callable[[Any], Any],
              real_sets) -> None:
     """`features_of(role or ("real", set))`: this batch's features (computed once per network);
@@ -334,6 +364,10 @@ class Evaluators:
   specs: list[EvaluatorSpec]
   distribution: dict[str, DistributionEvaluator]
   notes: list[str]
+
+  def distribution_specs(self) -> list[EvaluatorSpec]:
+    """The specs of the distribution evaluators that were built (not skipped)."""
+    return [e.spec for e in self.distribution.values()]
 
   def set_roles(self, roles: tuple[str, ...]) -> None:
     """Evaluates only `roles` from now on (keeping what the evaluators learnt of the real images)."""
@@ -405,14 +439,17 @@ def make_eval_step(method, mesh, specs: list[EvaluatorSpec]):
 
 def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators, *,
                     batch_size: int, max_examples: int = 0, num_sample_images: int = 8,
-                    eval_step=None) -> PassResult:
+                    eval_step=None, training_reals=None) -> PassResult:
   """One pass over the first `max_examples` (0: all) examples of `dataset`: per-example means,
-  distribution metrics and the sample grid's columns. Every process computes it."""
+  distribution metrics and the sample grid's columns. Every process computes it.
+  `training_reals`: the training split prepared as for evaluation (`data.build_dataset(...,
+  "train_eval")`), read first when an evaluator's reference side wants it and lacks it."""
   batch_size = -(-batch_size // mesh.size) * mesh.size
   num_examples = min(dataset.num_examples, max_examples or dataset.num_examples)
   eval_step = eval_step or make_eval_step(method, mesh, evaluators.specs)
   passes = [e.start(num_examples, method.compared_with)
             for e in evaluators.distribution.values()]
+  _add_training_reals(method, training_reals, mesh, passes, batch_size)
   sums: dict[str, float] = {}
   counts: dict[str, int] = {}
   count, roles, labels = 0, [], []
@@ -449,6 +486,33 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
       group, metric = name.split("/", 1)
       results.setdefault(group, {})[metric] = value
   return PassResult(results, count, samples.columns(), roles, labels)
+
+
+def _add_training_reals(method, dataset, mesh, passes, batch_size: int) -> None:
+  """The real images of `dataset` into the reference side of the passes that want them."""
+  real_sets = sorted({method.compared_with(role) for role in method.generator_roles},
+                     key=lambda s: (s is not None, s or ""))
+  wanting = [p for p in passes if p.needs_training_reals(real_sets)]
+  if not wanting:
+    return
+  if dataset is None:
+    names = ", ".join(p.owner.spec.name for p in wanting)
+    raise ValueError(f"eval.evaluators.{names}: reference=train+eval, but no training images were "
+                     "given to the evaluation pass")
+  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  reals_step = jax.jit(lambda batch: (batch, method.real_images(batch)), in_shardings=(shard,),
+                       out_shardings=rep)
+  for local in pipeline.eval_batches(dataset, batch_size, jax.process_index(),
+                                     jax.process_count()):
+    on_device = reals_step(parallel.global_batch(local, mesh))
+    batch = jax.device_get(on_device[0])
+    mask_of = functools.partial(_counted_mask, method, batch, np.asarray(batch["mask"], bool))
+    features_of = _feature_cache({}, on_device[1])
+    real = on_device[1]
+    present = [None] if not isinstance(real, dict) else list(real)
+    for evaluator_pass in wanting:
+      evaluator_pass.add_training_reals(functools.partial(features_of, evaluator_pass.owner.network),
+                                        mask_of, present)
 
 
 def _counted_mask(method, batch, mask, name) -> np.ndarray:

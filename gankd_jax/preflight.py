@@ -62,6 +62,22 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
   return notes
 
 
+def fit_to_data(config: ml_collections.ConfigDict, train_data) -> list[str]:
+  """Fields a config derives from its training data, set in place; returns notes on them.
+
+  omgd_cycle with `cycle.epoch_of_data`: an epoch is one pass over the larger domain at the
+  global batch, ceil(max(|trainA|, |trainB|) / batch_size) steps, as the reference's epoch
+  (num_train_steps follows, unless it was set)."""
+  if config.get("method") != "omgd_cycle" or not config.cycle.get("epoch_of_data"):
+    return []
+  sizes = train_data.domain_sizes
+  steps = -(-max(sizes.values()) // config.batch_size)
+  config.cycle.epoch_steps = steps
+  return [f"cycle.epoch_steps={steps}: one epoch of the training data (max(|trainA| {sizes['A']}, "
+          f"|trainB| {sizes['B']}) at batch {config.batch_size}); num_train_steps "
+          f"{config.num_train_steps}"]
+
+
 def check_cycle_selection(config: ml_collections.ConfigDict) -> None:
   """omgd_cycle's selection.metric=fid needs an fid evaluator that is on for both teachers, and
   its feature network's weights (training only: model_stats and evaluate need none)."""

@@ -54,6 +54,7 @@ class Run:
   train_data: Any
   eval_data: Any
   resuming: bool
+  training_reals: Any = None  # The training images as eval examples, if a reference side wants them.
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -70,12 +71,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                      f"({jax.process_count()})")
   specs = evaluation.parse(config.eval.evaluators)
+  train_data = data.build_dataset(config.data, "train")
+  for note in preflight.fit_to_data(config, train_data):  # Before the method reads the fields.
+    logging.info(note)
   method = build_method(config)
   evaluation.check_roles(specs, method.generator_roles)
-  train_data = data.build_dataset(config.data, "train")
   eval_data = data.build_dataset(config.data, "eval")
+  training_reals = (data.build_dataset(config.data, "train_eval")
+                    if evaluation.wants_training_reals(specs) else None)
   resuming = checkpointing.check_workdir_config(workdir, config, method.resumable_fields)
-  return Run(config, workdir, method, mesh, train_data, eval_data, resuming)
+  return Run(config, workdir, method, mesh, train_data, eval_data, resuming, training_reals)
 
 
 # --------------------------------------------------------------------------------- compiled parts
@@ -99,7 +104,7 @@ def evaluate(run: Run, state, frozen, step: int, writer, evaluators: evaluation.
   result = evaluation.evaluation_pass(
       run.method, state, frozen, run.eval_data, run.mesh, evaluators, batch_size=cfg.batch_size,
       max_examples=cfg.max_examples, num_sample_images=cfg.num_sample_images,
-      eval_step=eval_steps[key])
+      eval_step=eval_steps[key], training_reals=run.training_reals)
   if jax.process_index() == 0:
     writer.write_scalars(step, {f"eval/{k}": v for k, v in _flat(result.results).items()})
     grid = visualize.image_grid(result.columns, labels=result.labels)

@@ -245,3 +245,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, run):
     evaluate.evaluate(run["workdir"], num_samples=-1)
   with pytest.raises(ValueError, match="--inception_weights: no such file"):
     evaluate.evaluate(run["workdir"], inception_weights=str(tmp_path / "missing.pth"))
+
+
+def test_table_columns_fit_their_widest_value():
+  # A KID in a features space of large norms (e.g. the digit classifier's) is wide and negative:
+  # it must not run into the FID column.
+  record = {"method": "omgd_cycle", "step": 5, "num_examples": 10, "backend": "cpu",
+            "student_vs": {},
+            "roles": {"teacher_a": {"params": 1e6, "macs": 2e9, "latency_ms": 3.2, "fid": 26.72,
+                                    "kid": -1960.105},
+                      "student": {"params": 1e5, "macs": 2e8, "latency_ms": 1.1, "fid": 7.7}}}
+  header, teacher, student = evaluate.format_table(record).splitlines()[1:4]
+  assert header.split() == ["role", "params", "(M)", "MACs", "(G)", "latency", "ms", "FID", "KID"]
+  assert teacher.split()[-2:] == ["26.72", "-1960.1050"]
+  assert student.split()[-2:] == ["7.70", "-"]
+  assert len({len(header), len(teacher), len(student)}) == 1  # Right-aligned columns.

@@ -228,3 +228,24 @@ def test_horse2zebra_s16_sizes_are_the_papers():
   assert networks["student"]["params"] == 137_347
   assert round(networks["student"]["macs"] / 1e9, 3) == 1.408
   assert networks["teacher_a"]["params"] == networks["teacher_b"]["params"] == 1_987_075
+
+
+def test_reference_variants_take_the_epoch_from_the_training_data(tmp_path):
+  """An epoch of horse2zebra_s16 is max(|trainA|, |trainB|) steps of the data actually used (the
+  reference's), and the step budget (20 rounds of 10 + 40 epochs) follows; a set budget stays."""
+  from configs import omgd_cycle
+  from gankd_jax import data
+  from test_unpaired_data import cycle_folder
+  root = cycle_folder(tmp_path)  # trainA 5, trainB 7
+  config = omgd_cycle.get_config("horse2zebra_s16")
+  assert (config.cycle.epoch_steps, config.num_train_steps) == (1334, 20 * 50 * 1334)
+  config.data.name, config.data.path = "cycle_gan_folder", root
+  notes = preflight.fit_to_data(config, data.build_dataset(config.data, "train"))
+  assert (config.cycle.epoch_steps, config.num_train_steps) == (7, 20 * 50 * 7)
+  assert "max(|trainA| 5, |trainB| 7) at batch 1" in notes[0]
+  config.batch_size, config.num_train_steps = 2, 100
+  preflight.fit_to_data(config, data.build_dataset(config.data, "train"))
+  assert (config.cycle.epoch_steps, config.num_train_steps) == (4, 100)
+  # The default keeps its short epoch.
+  default = omgd_cycle.get_config()
+  assert preflight.fit_to_data(default, None) == [] and default.cycle.epoch_steps == 100

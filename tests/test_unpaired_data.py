@@ -407,3 +407,82 @@ def test_digit_classifier_still_reads_both_domains(embedded_arrays):
     logits = digit_classifier.apply(variables, unit(test[name]))["logits"]
     accuracy = np.mean(np.argmax(np.asarray(logits), -1) == test[f"labels_{name}"])
     assert accuracy > 0.9, (name, accuracy)
+
+
+# ----------------------------------------------------------------------------- train + eval reference
+def test_train_eval_split_is_the_training_images_for_evaluation(tmp_path):
+  root = cycle_folder(tmp_path)  # trainA 5, trainB 7
+  dataset = data.build_dataset(folder_config(root), "train_eval")
+  assert dataset.domain_sizes == {"A": 5, "B": 7} and dataset.num_examples == 7
+  for index in range(7):
+    example = dataset.example(index)
+    np.testing.assert_array_equal(example["B"], unit(coded_image("B", index)))
+    assert example["mask_A"] == np.float32(index < 5)
+  # With a holdout: the kept part only.
+  held_config = folder_config(root, eval_split="holdout", holdout_fraction=0.3)
+  kept = data.build_dataset(held_config, "train_eval")
+  assert kept.domain_sizes == data.build_dataset(held_config, "train").domain_sizes
+  one_line_error("needs unpaired data", lambda: data.build_dataset(
+      ml_collections.ConfigDict({"name": "digits", "crop_size": 32}), "train_eval"))
+
+
+class _Identity:
+  """A one-role method: G(A) = A, compared with real B; each real set counted by its mask."""
+  generator_roles = ("g",)
+
+  def generate(self, state, batch, frozen):
+    return {"g": batch["A"]}
+
+  def paired_targets(self, batch, outputs):
+    return {}
+
+  def real_images(self, batch):
+    return {"A": batch["A"], "B": batch["B"]}
+
+  def compared_with(self, role):
+    return "B"
+
+  def counted_by(self, name):
+    return "mask_B" if name == "B" else "mask_A"
+
+  def sample_columns(self, batch, outputs):
+    return {"A": batch["A"]}
+
+
+def test_a_train_plus_eval_reference_side_holds_each_real_image_once(tmp_path):
+  """fid with reference=train+eval: the real side is the statistics of trainB and testB together
+  (as the reference's real_stat files), each image once; reference=eval: testB's only."""
+  import jax
+  from gankd_jax import evaluation
+  from gankd_jax.metrics import fid
+  root = cycle_folder(tmp_path, {"trainA": 5, "trainB": 7, "testA": 3, "testB": 4})
+  config = folder_config(root, crop_size=32)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+  declared = {"fid": {"type": "fid", "features": "digit_classifier", "reference": "train+eval"},
+              "fid_eval": {"type": "fid", "features": "digit_classifier"}}
+  evaluators = evaluation.build(ml_collections.ConfigDict({"evaluators": declared}), mesh, 4)
+  assert evaluation.wants_training_reals(evaluators.distribution_specs())
+  method, eval_data = _Identity(), data.build_dataset(config, "eval")
+  training = data.build_dataset(config, "train_eval")
+  with pytest.raises(ValueError, match="fid: reference=train\\+eval"):
+    evaluation.evaluation_pass(method, None, {}, eval_data, mesh, evaluators, batch_size=4)
+  result = evaluation.evaluation_pass(method, None, {}, eval_data, mesh, evaluators,
+                                      batch_size=4, training_reals=training)
+  extractor = evaluators.distribution["fid"].network.extractor
+
+  def stats_of(images_b):  # Directly: features of each image, 4 at a time.
+    stats = fid.GaussianStats(evaluators.distribution["fid"].network_dim)
+    batch = np.stack([unit(images.resize_bicubic(im, 32, 32)) for im in images_b])
+    for start in range(0, len(batch), 4):
+      stats.update(extractor(batch[start:start + 4])["features"])
+    return stats.result()
+
+  both = stats_of([coded_image("B", i) for i in range(7)] + [coded_image("B", i) for i in range(4)])
+  test_only = stats_of([coded_image("B", i) for i in range(4)])
+  for (mu, sigma), name in ((both, "fid"), (test_only, "fid_eval")):
+    stored = evaluators.distribution[name].references["B"]
+    np.testing.assert_allclose(stored["mu"], mu, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stored["sigma"], sigma, rtol=1e-4, atol=1e-4)
+  assert np.isfinite(result.results["g"]["fid"])
+  # Once known, the real side is not read again: a second pass needs no training images.
+  evaluation.evaluation_pass(method, None, {}, eval_data, mesh, evaluators, batch_size=4)

@@ -24,7 +24,9 @@ FOLDER_NAME = "pix2pix_folder"
 UNCONDITIONAL_NAMES = (digits.DATASET_NAME, *unconditional.TFDS_NAMES, unconditional.FOLDER_NAME)
 UNPAIRED_NAMES = unpaired.DATASET_NAMES
 DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES, *UNPAIRED_NAMES)
-SPLITS = ("train", "eval", "val", "test")
+# train_eval: the training images prepared as for evaluation (no randomness), for an evaluator
+# whose reference side is train + eval (unpaired data only).
+SPLITS = ("train", "eval", "val", "test", "train_eval")
 
 __all__ = [
     "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedEdgesToPhoto", "GlobalBatchIterator",
@@ -85,6 +87,9 @@ def build_dataset(data_config, split: str):
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   name = data_config.name
+  if split == "train_eval" and name not in UNPAIRED_NAMES:
+    raise ValueError(f"data.name={name}: an evaluator's reference=train+eval needs unpaired data "
+                     f"({', '.join(UNPAIRED_NAMES)}); use reference=eval")
   if name == digits.DATASET_NAME:
     return digits.build(data_config, split)
   if name in UNCONDITIONAL_NAMES:

@@ -21,6 +21,8 @@ Examples (the interface the CycleGAN method relies on):
 - eval: `num_examples` = max(|A_eval|, |B_eval|), `domain_sizes` {"A", "B"}, `example(index)` ->
   {"A": A[index % n_a], "B": B[index % n_b], "mask_A", "mask_B"} (float32 1 for index < n), each
   resized to `crop_size`, no randomness: the masks let a metric count each domain's images once.
+- train_eval: the training images (the holdout's kept part with eval_split=holdout) as eval
+  examples, for a reference side of train + eval real images (the reference's FID statistics).
 
 Evaluation split (`data.eval_split`): None or 'test' (testA/testB, what the reference selects
 and reports on), 'val' (valA/valB), or 'holdout': a fixed part (`data.holdout_fraction`) of each
@@ -331,23 +333,24 @@ def source_domains(data_config, split: str) -> dict[str, Domain]:
 
 
 def build(data_config, split: str):
-  """Train dataset for 'train', eval dataset for 'eval' (data.eval_split) or 'val' / 'test'."""
+  """Train dataset for 'train'; eval dataset for 'eval' (data.eval_split), 'val' / 'test', or
+  'train_eval' (the training images, for a train + eval reference side)."""
   crop_size, load_size = check_sizes(data_config.crop_size, data_config.get("load_size"))
   eval_split = resolve_eval_split(data_config.get("eval_split"))
   holdout = eval_split == "holdout"
-  if split == "train":
+  if split in ("train", "train_eval"):
     domains = source_domains(data_config, "train")
   elif split in ("val", "test"):
     domains = source_domains(data_config, split)
   elif split == "eval":
     domains = source_domains(data_config, "train" if holdout else eval_split)
   else:
-    raise ValueError(f"split must be 'train', 'eval', 'val' or 'test', got {split!r}")
-  if holdout and split in ("train", "eval"):
+    raise ValueError(f"split must be 'train', 'train_eval', 'eval', 'val' or 'test', got {split!r}")
+  if holdout and split in ("train", "train_eval", "eval"):
     fraction = data_config.get("holdout_fraction")
     for name, domain in domains.items():
       kept, held = holdout_split(len(domain), fraction, f"domain {name} of {data_config.name}")
-      domains[name] = SubsetDomain(domain, kept if split == "train" else held)
+      domains[name] = SubsetDomain(domain, held if split == "eval" else kept)
   if split == "train":
     return UnpairedTrainDataset(domains["A"], domains["B"], crop_size=crop_size,
                                 load_size=load_size, flip=bool(data_config.get("flip", True)))
