@@ -435,6 +435,31 @@ def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("x_shape, kernel, stride, pad", [
+    ((2, 9, 9, 6), 3, 1, 1), ((1, 10, 11, 4), 3, 2, 0), ((1, 8, 8, 3), 5, 1, 2)])
+def test_depthwise_taps_equal_xla_grouped_convolution_and_its_gradients(x_shape, kernel, stride, pad):
+  """The depthwise route (shifted multiply-adds) against lax's grouped convolution: values and
+  both gradients (it runs in training too)."""
+  from gankd_jax.models import layers
+  c = x_shape[-1]
+  kx, kk = jax.random.split(jax.random.key(1))
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kk, (kernel, kernel, 1, c))
+  padding = [(pad, pad)] * 2
+  assert layers.is_depthwise(x, w, c) and not layers.is_depthwise(x, w, 1)
+
+  def ours(x, w):
+    return jnp.sum(jnp.sin(layers.conv_general_dilated(x, w, (stride, stride), padding,
+                                                       feature_group_count=c)))
+
+  def reference(x, w):
+    return jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c)))
+  np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5, atol=1e-4)
+  for got, want in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(3, 9, 7, 5), (2, 33, 32, 3)])  # plain sums; >= 1024 rows: products
 def test_matmul_norms_match_flax_batchnorm_and_plain_instance_norm(shape):
   """layers.BatchNorm / instance_norm sum by matrix products in a custom VJP; values, running

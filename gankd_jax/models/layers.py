@@ -199,6 +199,8 @@ class Norm(nn.Module):
 # output conv: 77 vs 302 ms); without YNNPACK this rule is also the faster one at 64x64
 # (OMGD default fused step 0.50 s, vs 0.54 s with wide convs as im2col up to 64x64 outputs).
 MATMUL_CONV_MAX_PIXELS = 8 * 8
+# Depthwise convolutions (the mobile ResNets' SeparableConv) as shifted multiply-adds.
+DEPTHWISE_AS_TAPS = True
 
 
 def use_matmul_conv(kernel_shape, out_hw) -> bool:
@@ -217,6 +219,27 @@ def _conv_as_matmul(x, kernel, strides, padding):
   return jnp.concatenate(patches, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
 
 
+def is_depthwise(x, kernel, feature_group_count: int) -> bool:
+  """One filter per input channel (HWIO kernel (kh, kw, 1, C), C groups of C inputs)."""
+  return feature_group_count > 1 and kernel.shape[2] == 1 and (
+      feature_group_count == x.shape[-1] == kernel.shape[3])
+
+
+def _depthwise_as_taps(x, kernel, strides, padding):
+  """Depthwise NHWC conv as a sum of kh * kw shifted, per-channel scaled copies of the input:
+  elementwise work XLA fuses into one loop, forward and backward (XLA:CPU's grouped convolution
+  runs it as C tiny convolutions; timings in DEPTHWISE_AS_TAPS' comment)."""
+  kh, kw = kernel.shape[:2]
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  (sh, sw), (ho, wo) = strides, ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
 def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
@@ -225,6 +248,11 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
            and isinstance(padding, (list, tuple))
            and all(lo >= 0 and hi >= 0 for lo, hi in padding)
            and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
+  if (DEPTHWISE_AS_TAPS and not _EXPORT_GRAPH.get() and not kwargs
+      and is_depthwise(x, kernel, feature_group_count) and isinstance(padding, (list, tuple))
+      and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+      and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))):
+    return _depthwise_as_taps(x, kernel, window_strides, padding)
   if plain:
     kh, kw = kernel.shape[:2]
     ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
