@@ -43,6 +43,7 @@ EVAL_FILE = "eval.json"
 GRID_FILE = "eval_grid.png"
 STATS_FORMAT = 2  # Bump when the cached reference statistics change meaning.
 WEIGHTS_FLAG = "--inception_weights"
+VGG_WEIGHTS_FLAG = "--vgg16_weights"
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +56,8 @@ def define_flags():
                        "0: all of it.")
   flags.DEFINE_string("inception_weights", "", "pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                       "(or .npz); default: the run's config.eval.inception_weights, else the cache.")
+  flags.DEFINE_string("vgg16_weights", "", "torchvision's vgg16-397923af.pth, for precision / "
+                      "recall; default: the run's config.eval.vgg16_weights, else the cache.")
   flags.DEFINE_integer("batch_size", 0, "Global evaluation batch; 0: the run's config.eval.batch_size.")
   flags.DEFINE_string("stats_cache", "", "Directory of cached reference statistics; default "
                       "$GANKD_CACHE/reference_stats (~/.cache/gankd_jax/reference_stats).")
@@ -66,9 +69,9 @@ def define_flags():
 EVALUATORS = ("paired", "sharpness", "fid", "inception_score", "kid", "precision_recall")
 
 
-def eval_config(config, inception_weights: str):
-  """Every evaluator type, with the Inception weights of the flag, else the run's own file (if it
-  still exists here), else the cache."""
+def eval_config(config, inception_weights: str, vgg16_weights: str = ""):
+  """Every evaluator type, with the Inception (VGG16) weights of the flag, else the run's own file
+  (if it still exists here), else the cache."""
   import ml_collections
   configured = inception_weights or None
   from_config = config.get("eval", {}).get("inception_weights")
@@ -87,7 +90,7 @@ def eval_config(config, inception_weights: str):
     evaluators[name]["reference"] = run_fid.get("reference", "eval")
   return ml_collections.ConfigDict({
       "evaluators": evaluators, "inception_weights": configured or "",
-      "vgg16_weights": config.get("eval", {}).get("vgg16_weights", "") or ""})
+      "vgg16_weights": vgg16_weights or config.get("eval", {}).get("vgg16_weights", "") or ""})
 
 
 def _inception_cached() -> bool:
@@ -219,7 +222,7 @@ def assemble(roles, results, costs) -> dict[str, Any]:
 
 def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
              batch_size: int = 0, stats_cache: str = "", latency_iters: int = 20,
-             num_sample_images: int = 8) -> dict[str, Any]:
+             num_sample_images: int = 8, vgg16_weights: str = "") -> dict[str, Any]:
   """Evaluates `workdir`'s latest checkpoint; writes eval.json and eval_grid.png; returns the
   eval.json record."""
   import jax
@@ -231,13 +234,19 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
     raise ValueError(f"--batch_size must be >= 0, got {batch_size}")
   if inception_weights and not os.path.isfile(inception_weights):
     raise ValueError(f"{WEIGHTS_FLAG}: no such file: {inception_weights}")
+  if vgg16_weights and not os.path.isfile(vgg16_weights):
+    raise ValueError(f"{VGG_WEIGHTS_FLAG}: no such file: {vgg16_weights}")
   restored = runs.restore_run(workdir)
   config, mesh, method = restored.config, restored.mesh, restored.method
   eval_data = data.build_dataset(config.data, "eval")
   num_examples = min(num_samples or eval_data.num_examples, eval_data.num_examples)
   batch_size = -(-(batch_size or config.eval.batch_size) // mesh.size) * mesh.size
 
-  evaluators = evaluation.build(eval_config(config, inception_weights), mesh, batch_size)
+  evaluators = evaluation.build(eval_config(config, inception_weights, vgg16_weights), mesh,
+                                batch_size)
+  # The notes name the training command's flags; this command has its own.
+  evaluators.notes = [note.replace(evaluation.INCEPTION_FLAG, WEIGHTS_FLAG)
+                      .replace(evaluation.VGG_FLAG, VGG_WEIGHTS_FLAG) for note in evaluators.notes]
   for note in evaluators.notes:
     if inception_weights and note.startswith(("fid", "inception_score", "kid")):
       raise ValueError(note.split(": ", 1)[1])  # Asked for explicitly: an error, not a note.
@@ -334,7 +343,8 @@ def main(argv):
     record = evaluate(FLAGS.workdir, num_samples=FLAGS.num_samples,
                       inception_weights=FLAGS.inception_weights, batch_size=FLAGS.batch_size,
                       stats_cache=FLAGS.stats_cache, latency_iters=FLAGS.latency_iters,
-                      num_sample_images=FLAGS.num_sample_images)
+                      num_sample_images=FLAGS.num_sample_images,
+                      vgg16_weights=FLAGS.vgg16_weights)
   except ValueError as error:
     fail(str(error))
   print(format_table(record))

@@ -217,7 +217,10 @@ def test_without_inception_weights_the_rest_is_still_reported(run, tmp_path, mon
   assert [n.split(":")[0] for n in notes] == [
       "fid skipped", "inception_score skipped", "kid skipped", "precision_recall skipped"]
   note = notes[0]
-  assert download.INCEPTION_FID.filename in note and evaluation.INCEPTION_FLAG in note
+  # The fix it suggests is this command's flag (tested to work above: WEIGHTS_FLAG).
+  assert download.INCEPTION_FID.filename in note and f"{evaluate.WEIGHTS_FLAG}=FILE" in note
+  assert evaluation.INCEPTION_FLAG not in note
+  assert f"{evaluate.VGG_WEIGHTS_FLAG}=FILE" in notes[-1]
   assert "\n" not in note and "reference_stats" not in record
   for role in GENERATOR_ROLES:
     metrics = record["roles"][role]
