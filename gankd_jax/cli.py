@@ -13,6 +13,15 @@ def fail(message: str, status: int = 2) -> None:
   sys.exit(status)
 
 
+def text_table(rows: list[list[str]]) -> list[str]:
+  """Rows of cells as aligned lines: the first column left-aligned, the others right-aligned,
+  each as wide as its widest cell, two spaces apart (so no value runs into the next)."""
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  return ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in
+                                                  zip(row[1:], widths[1:])]).rstrip()
+          for row in rows]
+
+
 def parse_flags(argv):
   """absl's parser, but a bad flag or config override is a one-line error, not a usage dump."""
   console.define_flags()

@@ -37,7 +37,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import fail, parse_flags
+from gankd_jax.cli import fail, parse_flags, text_table
 
 EVAL_FILE = "eval.json"
 GRID_FILE = "eval_grid.png"
@@ -297,8 +297,8 @@ QUALITY_COLUMNS = (("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"), ("kid", "KI
 
 
 def format_table(record: dict[str, Any]) -> str:
-  """The eval.json record as a table, one row per role, then the student's ratios. Each column is
-  as wide as its widest cell, with two spaces between columns, so no value runs into the next."""
+  """The eval.json record as a table (cli.text_table), one row per role, then the student's
+  ratios."""
   roles = record["roles"]
   quality = [c for c in QUALITY_COLUMNS if any(c[0] in m for m in roles.values())]
   rows = [["role", "params (M)", "MACs (G)", "latency ms", *(title for _, title, _ in quality)]]
@@ -306,12 +306,8 @@ def format_table(record: dict[str, Any]) -> str:
     rows.append([role, f"{m['params'] / 1e6:.3f}", f"{m['macs'] / 1e9:.3f}",
                  f"{m['latency_ms']:.2f}",
                  *(fmt.format(m[key]) if key in m else "-" for key, _, fmt in quality)])
-  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   lines = [f"{record['method']} at step {record['step']}, {record['num_examples']} examples of the "
-           f"eval split, latency batch 1 on {record['backend']}"]
-  lines.extend("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in
-                                                       zip(row[1:], widths[1:])]).rstrip()
-               for row in rows)
+           f"eval split, latency batch 1 on {record['backend']}", *text_table(rows)]
   student = roles.get("student", {})
   for teacher, ratios in record["student_vs"].items():
     vs = [f"{name.upper()} {student[f'{name}_vs_{teacher}']:.4g}" for name in ("psnr", "ssim", "l1")

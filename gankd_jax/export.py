@@ -424,12 +424,11 @@ def format_benchmark(rows: dict, fmt: str, student: str = "student") -> str:
   speed-up over each other role next to the MACs ratio."""
   threads = sorted(next(iter(rows.values()))["latency_ms"])
   label = {n: f"{n}T" if n else "xla" for n in threads}
-  header = f"{'role':<14}{'params (M)':>11}{'MACs (G)':>10}" + "".join(
-      f"{f'{fmt} {label[n]} ms':>18}" for n in threads)
-  lines = [header]
-  for role, row in rows.items():
-    lines.append(f"{role:<14}{row['params'] / 1e6:>11.3f}{row['macs'] / 1e9:>10.3f}" + "".join(
-        f"{row['latency_ms'][n]:>18.2f}" for n in threads))
+  from gankd_jax.cli import text_table
+  lines = text_table(
+      [["role", "params (M)", "MACs (G)", *(f"{fmt} {label[n]} ms" for n in threads)]]
+      + [[role, f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e9:.3f}",
+          *(f"{row['latency_ms'][n]:.2f}" for n in threads)] for role, row in rows.items()])
   if student in rows:
     s = rows[student]
     for role, row in rows.items():
