@@ -74,14 +74,26 @@ def jaxpr_macs(jaxpr) -> int:
   return total
 
 
-def count_macs(apply_fn: Callable[..., Any], *example_args) -> int:
-  """MACs of one call of `apply_fn(*example_args)`; args may be arrays or ShapeDtypeStructs.
+def count_macs(apply_fn: Callable[..., Any], *example_args, with_filters: bool = False) -> int:
+  """MACs of one call (see `mac_parts`); `with_filters`: the filters' multiply-adds included."""
+  convs, filters = mac_parts(apply_fn, *example_args)
+  return convs + filters if with_filters else convs
+
+
+def mac_parts(apply_fn: Callable[..., Any], *example_args) -> tuple[int, int]:
+  """(MACs of the convolutions, matrix products and fully connected layers, MACs of filters
+  written as sums of slices) of one call of `apply_fn(*example_args)`; args may be arrays or
+  ShapeDtypeStructs.
 
   Our transposed convs run as sub-pixel convs (4x less work than the textbook form); they are
   traced in the textbook form here so the count is the one the papers report. Instance norm's
   sums run as products with a ones vector (layers.py); traced in the export graph form (plain
   mean / variance) they are not counted as MACs, as torchprofile does not count a norm's.
+  The filters are StyleGAN2's FIR resampling, which the StyleGAN-compression papers leave out
+  of their counts.
   """
-  with layers.textbook_conv_transpose(), layers.export_graph():
-    closed = jax.make_jaxpr(apply_fn)(*example_args)
-  return jaxpr_macs(closed.jaxpr)
+  with (layers.textbook_conv_transpose(), layers.export_graph(),
+        layers.count_elementwise_macs() as filters):
+    # A fresh function each time: a cached trace would not run the filters' reports again.
+    closed = jax.make_jaxpr(lambda *args: apply_fn(*args))(*example_args)
+  return jaxpr_macs(closed.jaxpr), filters[0]

@@ -40,3 +40,16 @@ def test_macs_scale_with_batch_and_see_through_scan():
 def test_fingerprint_is_float64_sums():
   params = {"a": np.array([1.0, 2.0], np.float32), "b": {"c": np.array([[3.0]], np.float32)}}
   assert stats.param_fingerprint(params) == [6.0, 14.0]
+
+
+def test_fir_filter_macs_are_counted_apart_and_every_time():
+  """StyleGAN2's separable 4-tap FIR filters (sums of slices, not convolutions): each output
+  sample of each 1-D pass costs its nonzero taps (2 per polyphase output when upsampling by 2,
+  4 when downsampling), reported apart from the papers' count, on every trace."""
+  from gankd_jax.models import stylegan2
+  x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+  up = stylegan2.upsample2d
+  assert stats.mac_parts(up, x) == (0, 2 * 16 * 8 * 3 + 2 * 16 * 16 * 3)
+  assert stats.mac_parts(up, x) == (0, 2 * 16 * 8 * 3 + 2 * 16 * 16 * 3)  # Same function again.
+  assert stats.mac_parts(stylegan2.downsample2d, x) == (0, 4 * 4 * 8 * 3 + 4 * 4 * 4 * 3)
+  assert stats.count_macs(up, x) == 0 and stats.count_macs(up, x, with_filters=True) == 2304

@@ -51,6 +51,29 @@ def in_export_graph() -> bool:
   return _EXPORT_GRAPH.get()
 
 
+# Multiply-adds written as sums of scaled slices (StyleGAN2's FIR resampling filters) are not
+# convolutions in the traced graph, so stats.count_macs cannot see them; while traced inside
+# `count_elementwise_macs()` such code reports them with `add_elementwise_macs`.
+_ELEMENTWISE_MACS = contextvars.ContextVar("elementwise_macs", default=None)
+
+
+@contextlib.contextmanager
+def count_elementwise_macs():
+  """Yields a one-item list that collects the reported multiply-adds of what is traced within."""
+  counter = [0]
+  token = _ELEMENTWISE_MACS.set(counter)
+  try:
+    yield counter
+  finally:
+    _ELEMENTWISE_MACS.reset(token)
+
+
+def add_elementwise_macs(count: int) -> None:
+  counter = _ELEMENTWISE_MACS.get()
+  if counter is not None:
+    counter[0] += int(count)
+
+
 def bn_scale_init(key, shape, dtype=jnp.float32):
   """BatchNorm scale ~ N(1, 0.02), as pix2pix ``init_weights('normal', 0.02)``."""
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
 
-from gankd_jax.models.layers import (conv_general_dilated, conv_transpose_subpixel,
-                                     in_export_graph)
+from gankd_jax.models.layers import (add_elementwise_macs, conv_general_dilated,
+                                     conv_transpose_subpixel, in_export_graph)
 from gankd_jax.models.layers import count_params as _count_params
 
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -82,6 +82,7 @@ def _upfirdn_axis(x, axis: int, taps: Sequence[float], up: int, down: int, pad0:
   if up == 1:
     xp = _pad_axis(x, axis, pad0, pad1)
     n_out = (n_full - 1) // down + 1
+    add_elementwise_macs(x.size // n_in * n_out * sum(t != 0 for t in taps))
     return sum(t * jax.lax.slice_in_dim(xp, i, i + down * (n_out - 1) + 1, down, axis)
                for i, t in enumerate(taps) if t != 0)
   # Output o = up * j + r reads stuffed sample o + i - pad0, which is x[(o + i - pad0) / up]
@@ -96,6 +97,7 @@ def _upfirdn_axis(x, axis: int, taps: Sequence[float], up: int, down: int, pad0:
       shape[axis] = n_phase
       phases.append(jnp.zeros(shape, x.dtype))
       continue
+    add_elementwise_macs(x.size // n_in * n_phase * len(terms))
     lo = min(d for _, d in terms)
     hi = max(d for _, d in terms)
     xp = _pad_axis(x, axis, max(0, -lo), max(0, n_phase - 1 + hi - (n_in - 1)))
