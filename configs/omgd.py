@@ -70,6 +70,9 @@ def _set_networks(config, family: str, ngf_wide: int, ngf_deep: int, ngf_student
   config.teacher_wide.module = ""
   config.teacher_wide.n_blocks = ml_collections.FieldReference(None, field_type=int)
   config.teacher_deep = generator(deep, ngf_deep)
+  # The deep teacher starts from a file too (e.g. OMGD's unet_deepest_256 or
+  # mobile_deepest_resnet .pth), trained online from there.
+  config.teacher_deep.init_from = ""
   config.student = generator(student, ngf_student)
   config.discriminator = ml_collections.ConfigDict(
       {"ndf": ndf, "n_share": n_share, "norm": norm})

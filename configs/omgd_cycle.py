@@ -71,6 +71,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.selection = ml_collections.ConfigDict({"metric": "fid", "rewrite_on_either": False})
 
   config.teacher = _generator(16)     # G_A and G_B.
+  # The user's teachers: G_A starts from init_from, G_B from init_from_b (a PyTorch .pth such as
+  # junyanz's latest_net_G_A.pth / latest_net_G_B.pth, or a variables .npz); "" starts fresh.
+  config.teacher.init_from = ""
+  config.teacher.init_from_b = ""
   config.student = _generator(8)
   config.discriminator = ml_collections.ConfigDict({"ndf": 32, "norm": "instance"})
 

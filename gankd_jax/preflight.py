@@ -40,7 +40,7 @@ MIN_UNET_DEPTH = 5
 UNET_ROLES = ("teacher_wide", "teacher_deep", "student")
 # Fields of a teacher's config that say where it comes from (methods/teacher_file.py), not what
 # the module is: never passed to the module's constructor.
-TEACHER_SOURCE_FIELDS = ("init_from", "frozen", "module")
+TEACHER_SOURCE_FIELDS = ("init_from", "init_from_b", "frozen", "module")
 
 
 def check(config: ml_collections.ConfigDict) -> list[str]:

@@ -1,6 +1,9 @@
 """Import of PyTorch generator checkpoints written by the real reference modules (junyanz's,
 gan-compression's, OMGD's; fixtures from tests/fixtures/make_pth_generator_fixtures.py): our
-eval-mode outputs equal theirs, the detected architecture is right, bad files are refused."""
+eval-mode outputs equal theirs at 256 x 256 (every case: U-Net 128 / 256 and OMGD's deep U-Net,
+ResNet 6 / 9 blocks, mobile and deep mobile ResNets; zip and legacy files, with and without
+`module.`, dropout layouts, batch and instance norm), the detected architecture is right, bad
+files are refused."""
 from __future__ import annotations
 
 import json
@@ -36,6 +39,7 @@ def expected():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_outputs_equal_reference(name, expected):
   case = CASES[name]
+  assert (case["size"], case["stride"]) == (256, 8)  # The acceptance's size, sampled.
   imported = generator_pth.load_generator(os.path.join(FIXTURES, f"{name}.pth"))
   assert imported.spec.family == case["family"]
   assert bool(imported.notes) == case["instance_stats"]
@@ -51,7 +55,8 @@ def test_detected_architectures():
   specs = {name: generator_pth.load_generator(os.path.join(FIXTURES, f"{name}.pth")).spec
            for name in ("junyanz_resnet6_batch_dropout_legacy_module",
                         "junyanz_unet128_instance_legacy_module", "junyanz_resnet9_instance",
-                        "omgd_mobile_deepest_instance_legacy")}
+                        "omgd_mobile_deepest_instance_legacy", "omgd_unet_deepest256_batch",
+                        "omgd_unet_deepest32_instance_legacy_module")}
   assert specs["junyanz_resnet6_batch_dropout_legacy_module"] == generator_pth.GeneratorSpec(
       family="resnet_9blocks", ngf=2, norm="batch", n_blocks=6, dropout_layout=True)
   unet = specs["junyanz_unet128_instance_legacy_module"]
@@ -60,6 +65,10 @@ def test_detected_architectures():
   deep = specs["omgd_mobile_deepest_instance_legacy"]
   assert (deep.family, deep.ngf, deep.n_blocks, deep.norm) == ("mobile_resnet_deepest", 2, 9,
                                                                "instance")
+  assert specs["omgd_unet_deepest256_batch"] == generator_pth.GeneratorSpec(
+      family="unet_deepest", ngf=1, norm="batch", num_downs=8)
+  assert specs["omgd_unet_deepest32_instance_legacy_module"] == generator_pth.GeneratorSpec(
+      family="unet_deepest", ngf=1, norm="instance", num_downs=5)
 
 
 def test_arch_override(tmp_path):

@@ -65,3 +65,18 @@ def test_command_line_error_is_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"error: --network: no such file or run directory: {tmp_path / 'none.pth'}"]
+
+
+def test_pngs_match_omgd_test_py(tmp_path):
+  """OMGD's own test.py (a fork of junyanz's test path: same transform and tensor2im) run on CPU
+  by tests/fixtures/make_pth_generator_fixtures.py on OMGD's ResnetGenerator (batch norm, legacy
+  file) at 256 px: every pixel of ours within 1 level of its `images/fake_B/<stem>.png`."""
+  network = os.path.join(FIXTURES, "omgd_resnet9_batch_legacy.pth")
+  paths = translate.translate(network, INPUT, str(tmp_path), size=256)
+  for path in paths:
+    ours = np.asarray(Image.open(path), np.int16)
+    theirs = np.asarray(Image.open(os.path.join(FIXTURES, "translate", "omgd_test",
+                                                os.path.basename(path))), np.int16)
+    assert ours.shape == theirs.shape == (256, 256, 3)
+    assert np.max(np.abs(ours - theirs)) <= 1, path
+    assert np.mean(ours != theirs) < 0.01, path

@@ -18,6 +18,7 @@ fixed teacher: step 3 only, against the wide teacher's output (run in inference 
 discriminator and no deep teacher: the deep teacher is trained online by the discriminator only,
 which a fixed teacher leaves nothing to learn against, so it is off rather than a second
 untrained target. The fixed teacher is a frozen input (`load_frozen`), never in the checkpoint.
+`teacher_deep.init_from=FILE` starts the deep teacher likewise (online only).
 """
 
 from __future__ import annotations
@@ -104,6 +105,13 @@ class OMGD(Method):
       self.roles = ("teacher_wide", "student")
       self.generator_roles = self.roles
     self.teacher_roles = tuple(r for r in TEACHER_ROLES if r in self.generator_roles)
+    deep_from = config.teacher_deep.get("init_from", "") or ""
+    if deep_from and self.frozen_teacher:
+      raise ValueError("teacher_deep.init_from: the deep teacher is off when "
+                       "teacher_wide.frozen=True (offline distillation); unset one of them")
+    # Teachers that start from a file (methods/teacher_file.py).
+    self.init_files = {role: path for role, path in
+                       (("teacher_wide", self.init_from), ("teacher_deep", deep_from)) if path}
     self.generators = {}
     for role in self.generator_roles:
       fields = generator_fields(config[role], size, role)
@@ -113,10 +121,10 @@ class OMGD(Method):
       models.check_width(f"{role}.ngf", fields.get("ngf"))  # Names the network.
       models.check_image_size(fields["name"], size, **{k: v for k, v in fields.items() if k != "name"})
       self.generators[role] = models.build_generator(**fields)
-      if role == "teacher_wide" and self.init_from and teacher_file.is_pth(self.init_from):
-        teacher_file.check_pth_architecture(
-            self.init_from, fields, role, size,
-            tuple(k for k in ("num_downs", "n_blocks") if wide.get(k) is not None))
+      if role in self.init_files:
+        teacher_file.check_init_file(
+            self.init_files[role], fields, role, size,
+            tuple(k for k in ("num_downs", "n_blocks") if config[role].get(k) is not None))
     if self.init_from and not os.path.isfile(self.init_from):
       raise ValueError(f"teacher_wide.init_from: no such file: {self.init_from}")
     if user_module and self.init_from and teacher_file.is_pth(self.init_from):
@@ -150,6 +158,8 @@ class OMGD(Method):
       how = ("fixed (offline distillation: no discriminator, no deep teacher)"
              if self.frozen_teacher else "trained online from there")
       self._notes.append(Note(f"wide teacher from {self.init_from}, {how}"))
+    if deep_from:
+      self._notes.append(Note(f"deep teacher from {deep_from}, trained online from there"))
     self.vgg = vgg.VGG16Features(input_normalization=config.vgg.input_normalization)
 
     self.learning_rate = common.linear_decay(config.optimizer, config.num_train_steps)
@@ -174,14 +184,16 @@ class OMGD(Method):
     return not self.frozen_teacher and step % self.config.n_dis == 0
 
   def load_frozen(self, restoring: bool = False):
-    """VGG16 weights, and the user's teacher: fixed ("teacher_wide") or to start from
-    ("teacher_wide_init", not needed when restoring)."""
+    """VGG16 weights, and the user's teachers: fixed ("teacher_wide") or to start from
+    ("teacher_wide_init", "teacher_deep_init"; not needed when restoring)."""
     frozen = {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
-    if self.init_from and (self.frozen_teacher or not restoring):
-      variables, notes = teacher_file.load_teacher(
-          self.init_from, self.generators["teacher_wide"], self.image_size, "teacher_wide")
-      self._notes.extend(Note(text) for text in notes)
-      frozen["teacher_wide" if self.frozen_teacher else "teacher_wide_init"] = variables
+    for role, path in self.init_files.items():
+      fixed = self.frozen_teacher and role == "teacher_wide"
+      if fixed or not restoring:
+        variables, notes = teacher_file.load_teacher(path, self.generators[role],
+                                                     self.image_size, role)
+        self._notes.extend(Note(text) for text in notes)
+        frozen[role if fixed else f"{role}_init"] = variables
     return frozen
 
   # ----------------------------------------------------------------------------- state
@@ -193,8 +205,9 @@ class OMGD(Method):
     if not self.frozen_teacher:
       nets = {role: common.init_net(self.generators[role], keys[role], self.optimizer, x)
               for role in TEACHER_ROLES}
-      if "teacher_wide_init" in frozen:  # The user's weights, with a fresh optimiser.
-        nets["teacher_wide"] = NetState.create(frozen["teacher_wide_init"], self.optimizer)
+      for role in TEACHER_ROLES:
+        if f"{role}_init" in frozen:  # The user's weights, with a fresh optimiser.
+          nets[role] = NetState.create(frozen[f"{role}_init"], self.optimizer)
       nets["discriminator"] = common.init_net(self.discriminator, keys["discriminator"],
                                               self.optimizer, jnp.concatenate([x, x], axis=-1))
     student = common.init_net(self.generators["student"], keys["student"], self.optimizer, x)

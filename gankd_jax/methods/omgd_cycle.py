@@ -21,6 +21,14 @@ Every optimiser's learning rate is constant for `optimizer.nepochs` teacher epoc
 linearly over `optimizer.nepochs_decay` (the reference's schedulers step once per teacher epoch,
 after the student stage of a round's last epoch; the student's too).
 
+Teachers of the user's (methods/teacher_file.py): `teacher.init_from=FILE` starts G_A from a
+PyTorch generator .pth (junyanz's CycleGAN `latest_net_G_A.pth`, gan-compression's or OMGD's
+mobile generators; imported by weights/generator_pth.py) or a variables .npz, and
+`teacher.init_from_b=FILE` starts G_B likewise (`latest_net_G_B.pth`); a direction without a file
+starts from fresh weights. Both are then trained online as above, and the imported G_A is the
+distillation target until a selection takes another. The config's `teacher` fields must fit the
+files (one-line error with the flags that do); teachers use instance norm here, as the reference.
+
 Everything that decides what happens next lives in the state (pools, the selected G_A, the best
 FIDs, the selection history), so a run killed at any moment resumes as if never stopped.
 """
@@ -40,7 +48,7 @@ from absl import logging
 
 from gankd_jax import image_pool, models
 from gankd_jax.losses import cycle, distill, gan
-from gankd_jax.methods import common
+from gankd_jax.methods import common, teacher_file
 from gankd_jax.methods.base import WARNING, Method, NetState, Network, Note, PyTree
 from gankd_jax.methods.omgd import Connectors, find_vgg_weights
 from gankd_jax.models import vgg
@@ -50,6 +58,8 @@ from gankd_jax.weights import download
 TEACHER, STUDENT = "teacher", "student"
 SELECTION_METRICS = ("fid", "none")
 DIRECTIONS = ("a", "b")
+# The config field each teacher starts from when set (teacher_file.check_init_file).
+INIT_FIELDS = {"g_a": "init_from", "g_b": "init_from_b"}
 # "No FID (yet)" in the state: finite, as the loop checks every state leaf before a checkpoint.
 NO_FID = float(np.finfo(np.float32).max)  # A->B (G_A, judged against real B) and B->A (G_B, against real A).
 
@@ -139,9 +149,9 @@ class OMGDCycle(Method):
       raise ValueError(f"selection.metric: unknown '{config.selection.metric}'; choose from "
                        f"{', '.join(SELECTION_METRICS)}")
     self.image_size = size = config.data.crop_size
-    self.generators = {}
+    self.generators, fields_of = {}, {}
     for role in (TEACHER, STUDENT):
-      fields = generator_fields(config[role], size, role)
+      fields = fields_of[role] = generator_fields(config[role], size, role)
       models.check_width(f"{role}.ngf", fields.get("ngf"))
       models.check_image_size(fields["name"], size, **{k: v for k, v in fields.items() if k != "name"})
       self.generators[role] = models.build_generator(**fields)
@@ -150,6 +160,15 @@ class OMGDCycle(Method):
       if config[group].get(key, "instance") != "instance":
         raise ValueError(f"{field}={config[group][key]}: CycleGAN's teachers and discriminators "
                          "use instance norm here (as the reference)")
+    self.init_files = {}
+    explicit = tuple(k for k in ("num_downs", "n_blocks") if config.teacher.get(k) is not None)
+    for name, key in INIT_FIELDS.items():
+      path = config.teacher.get(key, "") or ""
+      if path:
+        teacher_file.check_init_file(
+            path, fields_of[TEACHER], TEACHER, size, explicit, field=f"teacher.{key}",
+            fixed={"norm": ("instance", "CycleGAN's teachers use instance norm, as the reference")})
+        self.init_files[name] = path
     models.check_discriminator_size(size)
     models.check_width("discriminator.ndf", config.discriminator.get("ndf"))
     # define_D 'basic' (n_layers 3) on one image: every block shared, one branch.
@@ -174,6 +193,10 @@ class OMGDCycle(Method):
     self._notes = [Note(
         f"rounds of {s.teacher_steps} teacher steps (m={s.m} epochs of {s.epoch_steps}) then "
         f"{s.student_steps} student steps (n_dis={s.n_dis}); {self.num_rounds} round(s)")]
+    if self.init_files:
+      self._notes.append(Note(
+          f"G_A from {self.init_files.get('g_a', 'fresh weights')}, G_B from "
+          f"{self.init_files.get('g_b', 'fresh weights')}; both trained online from there"))
     if config.selection.metric == "none":
       self._notes.append(Note("selection.metric=none: the student distils from the latest G_A "
                               "at each round's end (no FID selection)", WARNING))
@@ -206,17 +229,28 @@ class OMGDCycle(Method):
     return self.schedule.selects(step)
 
   def load_frozen(self, restoring: bool = False):
-    del restoring
-    return {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
+    """VGG16 weights, and the user's teachers to start from ("teacher_init": {"g_a", "g_b"}
+    params; not needed when restoring)."""
+    frozen = {"vgg": vgg.load_vgg16(self.vgg_path)} if self.vgg_path else {}
+    if self.init_files and not restoring:
+      frozen["teacher_init"] = {}
+      for name, path in self.init_files.items():
+        variables, notes = teacher_file.load_teacher(
+            path, self.generators[TEACHER], self.image_size, TEACHER,
+            field=f"teacher.{INIT_FIELDS[name]}")
+        self._notes.extend(Note(text) for text in notes)
+        frozen["teacher_init"][name] = variables["params"]
+    return frozen
 
   # ----------------------------------------------------------------------------- state
   def init_state(self, rng: jax.Array, batch, frozen) -> CycleState:
-    del frozen
     x = batch["A"][:1]
     keys = dict(zip(["state", "g_a", "g_b", "d_a", "d_b", "student", "connectors"],
                     jax.random.split(rng, 7)))
     teacher = {name: common.init_net(self.generators[TEACHER], keys[name], self.optimizer, x)
                for name in ("g_a", "g_b")}
+    for name, params in frozen.get("teacher_init", {}).items():  # The user's weights.
+      teacher[name] = teacher[name].replace(params=params)
     disc = {name: common.init_net(self.discriminator, keys[name], self.optimizer, x)
             for name in ("d_a", "d_b")}
     student = common.init_net(self.generators[STUDENT], keys["student"], self.optimizer, x)

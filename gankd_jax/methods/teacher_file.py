@@ -2,7 +2,8 @@
 
 Users arrive with a trained generator (junyanz's `latest_net_G.pth`, gan-compression's or OMGD's
 checkpoints, or their own Flax model) and want a smaller one. A teacher's config (OMGD's
-`teacher_wide`) says where it comes from:
+`teacher_wide` and `teacher_deep`, OMGD-CycleGAN's `teacher`, whose `init_from` is G_A and
+`init_from_b` G_B) says where it comes from:
 
   init_from  a PyTorch generator checkpoint (.pth, imported by weights/generator_pth.py into our
              module of the config's `name`, `ngf`, `norm`, `num_downs` / `n_blocks`: they must
@@ -87,11 +88,14 @@ def _flags(role: str, fields: dict) -> str:
 
 
 def check_pth_architecture(path: str, fields: dict, role: str, crop_size: int,
-                           explicit: tuple[str, ...] = ()) -> None:
+                           explicit: tuple[str, ...] = (), *, field: str | None = None,
+                           fixed: dict[str, tuple[Any, str]] | None = None) -> None:
   """The config's resolved generator `fields` (name, ngf, norm, num_downs / n_blocks) against the
   architecture of the PyTorch file at `path`; a one-line ValueError with the flags that fix it.
-  `explicit`: the depth fields the config sets (not left to their defaults)."""
-  field = f"{role}.init_from"
+  `explicit`: the depth fields the config sets (not left to their defaults); `field`: the config
+  field naming the file (default `<role>.init_from`); `fixed`: {key: (value, why)}, fields the
+  method cannot change (a file that needs another value is refused without suggesting it)."""
+  field = field or f"{role}.init_from"
   if not os.path.isfile(path):
     raise ValueError(f"{field}: no such file: {path}")
   state = generator_pth.strip_module_prefix(load_state_dict(path))
@@ -100,16 +104,20 @@ def check_pth_architecture(path: str, fields: dict, role: str, crop_size: int,
     raise ValueError(f"{field}: {path} is a {spec.input_nc}->{spec.output_nc} channel generator; "
                      "the data are RGB (3->3)")
   wanted = {"name": spec.family, "ngf": spec.ngf, "norm": spec.norm}
-  if spec.family == "unet":
+  if spec.family in generator_pth.UNETS:
     wanted["num_downs"] = spec.num_downs
   else:
     wanted["n_blocks"] = spec.n_blocks
+  for key, (value, why) in (fixed or {}).items():
+    if wanted.get(key) != value:
+      raise ValueError(f"{field}: {path} holds a {spec.describe()} generator; {role}.{key} must "
+                       f"be {value} here ({why})")
   have = {"n_blocks": 9, **fields}
   fix = {key: value for key, value in wanted.items() if have.get(key) != value}
   if not fix:
     return
   extra = ""
-  if spec.family == "unet" and crop_size % 2 ** spec.num_downs:
+  if spec.family in generator_pth.UNETS and crop_size % 2 ** spec.num_downs:
     extra = f" --config.data.crop_size={2 ** spec.num_downs}"
   unset = [key for key in explicit if key not in wanted]
   if unset:
@@ -118,6 +126,17 @@ def check_pth_architecture(path: str, fields: dict, role: str, crop_size: int,
                           for key, value in fix.items())
   raise ValueError(f"{field}: {path} holds a {spec.describe()} generator, which {role} does not "
                    f"match ({differences}); set {_flags(role, fix)}{extra}")
+
+
+def check_init_file(path: str, fields: dict, role: str, crop_size: int,
+                    explicit: tuple[str, ...] = (), *, field: str | None = None,
+                    fixed: dict[str, tuple[Any, str]] | None = None) -> None:
+  """A teacher's start file, before compute: it exists, and a .pth fits the config's generator
+  (`check_pth_architecture`; a variables .npz is checked leaf by leaf when loaded)."""
+  if is_pth(path):
+    check_pth_architecture(path, fields, role, crop_size, explicit, field=field, fixed=fixed)
+  elif not os.path.isfile(path):
+    raise ValueError(f"{field or f'{role}.init_from'}: no such file: {path}")
 
 
 def _check_tree(variables: PyTree, expected: PyTree, what: str) -> PyTree:
@@ -141,11 +160,12 @@ def expected_variables(module: nn.Module, image_size: int) -> PyTree:
   return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
-def load_teacher(path: str, module: nn.Module, image_size: int, role: str
-                 ) -> tuple[PyTree, list[str]]:
+def load_teacher(path: str, module: nn.Module, image_size: int, role: str,
+                 field: str | None = None) -> tuple[PyTree, list[str]]:
   """The variables of `module` from `path` (.pth: through the PyTorch import; otherwise a
-  variables .npz), checked against the module's shapes; and the import's notes."""
-  field = f"{role}.init_from"
+  variables .npz), checked against the module's shapes; and the import's notes. `field`: the
+  config field naming the file (default `<role>.init_from`)."""
+  field = field or f"{role}.init_from"
   expected = expected_variables(module, image_size)
   if not is_pth(path):
     return runs.load_variables(path, expected, field), []

@@ -1,5 +1,6 @@
 """Import PyTorch image-to-image generator checkpoints (pix2pix / CycleGAN / gan-compression /
-OMGD) into our `unet`, `resnet_9blocks`, `mobile_resnet` and `mobile_resnet_deepest` modules.
+OMGD) into our `unet`, `unet_deepest`, `resnet_9blocks`, `mobile_resnet` and
+`mobile_resnet_deepest` modules.
 
 Users hold `latest_net_G.pth` files written by junyanz/pytorch-CycleGAN-and-pix2pix, and
 gan-compression's or OMGD's checkpoints; this reads them without torch (weights/torch_pth.py,
@@ -17,7 +18,13 @@ Key layouts (a `module.` prefix from `DataParallel` is stripped first):
 - `UnetGenerator`: nested `model.model.1.model.3...`; the outermost level is `model.model.0`
   (down) / `model.model.3` (up), inner levels `.model.1` / `.model.2` (down conv, norm) and
   `.model.5` / `.model.6` (up), the innermost `.model.1` / `.model.3` / `.model.4`. Dropout
-  layers come last in a level and hold no tensors, so they do not shift any key.
+  layers come last in a level and hold no tensors, so they do not shift any key;
+- OMGD `UnetDeepestGenerator` (`unet_deepest_256`): the same nesting through `.model.3` (from the
+  outermost level) and `.model.5` (inner levels), with two `ResnetBlock`s (expansion blocks,
+  `conv_block.{1,4,7,12}`) after each non-innermost down conv and in each non-innermost up path:
+  outermost `model.model.0` (down), `.1`, `.2` (blocks), `.4`, `.5` (blocks), `.7` (up); inner
+  levels `.1` / `.2` (down conv, norm), `.3`, `.4`, `.7` / `.8` (up), `.9`, `.10`; the innermost
+  `.1` / `.3` / `.4`.
 
 Norms: BatchNorm layers carry `weight`, `bias`, `running_mean`, `running_var` (used in eval, as
 the reference's `--eval`); InstanceNorm(affine=False) carries nothing, except in files written by
@@ -43,11 +50,13 @@ import numpy as np
 from gankd_jax import models
 from gankd_jax.weights.torch_pth import load_state_dict
 
-FAMILIES = ("unet", "resnet_9blocks", "mobile_resnet", "mobile_resnet_deepest")
+FAMILIES = ("unet", "unet_deepest", "resnet_9blocks", "mobile_resnet", "mobile_resnet_deepest")
+UNETS = ("unet", "unet_deepest")
 # Reference `netG` names accepted by `arch`, and what they fix.
 ARCH_ALIASES = {
     "unet_128": ("unet", {"num_downs": 7}),
     "unet_256": ("unet", {"num_downs": 8}),
+    "unet_deepest_256": ("unet_deepest", {"num_downs": 8}),
     "resnet_6blocks": ("resnet_9blocks", {"n_blocks": 6}),
     "resnet_9blocks": ("resnet_9blocks", {}),
     "mobile_resnet_9blocks": ("mobile_resnet", {"n_blocks": 9}),
@@ -74,14 +83,15 @@ class GeneratorSpec:
   dropout_layout: bool = True  # ResNet blocks with the Dropout slot (`conv_block.6` conv)
 
   def describe(self) -> str:
-    depth = f"num_downs={self.num_downs}" if self.family == "unet" else f"n_blocks={self.n_blocks}"
+    depth = (f"num_downs={self.num_downs}" if self.family in UNETS
+             else f"n_blocks={self.n_blocks}")
     return (f"{self.family} ngf={self.ngf} {depth} norm={self.norm} "
             f"channels={self.input_nc}->{self.output_nc}")
 
   def generator_kwargs(self) -> dict:
     """Fields of our module (`models.build_generator(self.family, **kwargs)`)."""
     kwargs: dict[str, Any] = {"ngf": self.ngf, "norm": self.norm, "output_nc": self.output_nc}
-    if self.family == "unet":
+    if self.family in UNETS:
       kwargs["num_downs"] = self.num_downs
     else:
       kwargs["n_blocks"] = self.n_blocks
@@ -120,10 +130,13 @@ def strip_module_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return state
 
 
-def unet_prefix(level: int) -> str:
+def unet_prefix(level: int, deep: bool = False) -> str:
   """Torch path of the `UnetSkipConnectionBlock` of level `level` (0 = outermost), whose layers
-  are `<path>.model.<i>`."""
-  return "model" if level == 0 else "model.model.1" + ".model.3" * (level - 1)
+  are `<path>.model.<i>` (`deep`: OMGD's UnetDeepestGenerator)."""
+  if level == 0:
+    return "model"
+  return "model.model.3" + ".model.5" * (level - 1) if deep else (
+      "model.model.1" + ".model.3" * (level - 1))
 
 
 def _shape(state, key) -> tuple:
@@ -141,7 +154,7 @@ def _first_key(state) -> str:
 
 def _detect_family(state, source: str) -> str:
   if "model.model.0.weight" in state:
-    return "unet"
+    return "unet_deepest" if "model.model.1.conv_block.1.weight" in state else "unet"
   if _RESNET_STEM in state:
     if len(_shape(state, _RESNET_STEM)) != 4 or _shape(state, _RESNET_STEM)[2:] != (7, 7):
       raise _fail(source, f"tensor {_RESNET_STEM} has shape {_shape(state, _RESNET_STEM)}, "
@@ -168,15 +181,18 @@ def detect_spec(state: dict[str, np.ndarray], source: str = "checkpoint",
   forced = dict(forced or {})
   family = forced.pop("family", None) or _detect_family(state, source)
   fields: dict[str, Any] = {}
-  if family == "unet":
+  if family in UNETS:
+    deep = family == "unet_deepest"
     first = _shape(state, "model.model.0.weight")
     if len(first) == 4:
       fields.update(ngf=first[0], input_nc=first[1])
-    fields["num_downs"] = 1 + _count(lambda lv: f"{unet_prefix(lv)}.model.1.weight" in state, 1)
-    up = _shape(state, "model.model.3.weight")
+    fields["num_downs"] = 1 + _count(
+        lambda lv: f"{unet_prefix(lv, deep)}.model.1.weight" in state, 1)
+    up = _shape(state, f"model.model.{7 if deep else 3}.weight")
     if len(up) == 4:
       fields["output_nc"] = up[1]
-    fields["norm"] = "batch" if "model.model.1.model.2.weight" in state else "instance"
+    fields["norm"] = ("batch" if f"{unet_prefix(1, deep)}.model.2.weight" in state
+                      else "instance")
   else:
     stem = _shape(state, _RESNET_STEM)
     if len(stem) == 4:
@@ -193,7 +209,7 @@ def detect_spec(state: dict[str, np.ndarray], source: str = "checkpoint",
       fields["dropout_layout"] = family != "resnet_9blocks" or not plain_no_dropout
   fields.update(forced)
   head = None
-  if family != "unet":
+  if family not in UNETS:
     n = fields.get("n_blocks", 9)
     head = f"model.{35 + n if family == 'mobile_resnet_deepest' else 17 + n}.weight"
     if len(_shape(state, head)) == 4 and "output_nc" not in forced:
@@ -259,9 +275,41 @@ def _expansion_block(flax: str, torch: str) -> dict:
   return out
 
 
+def _deep_unet_map(spec: GeneratorSpec) -> dict[str, str]:
+  """`module_map` of OMGD's UnetDeepestGenerator (layout in the module docstring)."""
+  out: dict[str, str] = {}
+  last = spec.num_downs - 1
+  for level in range(spec.num_downs):
+    p = unet_prefix(level, deep=True)
+    out[f"down{level}/Conv_0/conv"] = f"{p}.model.{0 if level == 0 else 1}"
+    if level not in (0, last):
+      out[f"down{level}/Norm_0/bn"] = f"{p}.model.2"
+    if level != last:
+      for j in range(2):
+        out.update(_expansion_block(f"down{level}/ExpansionBlock_{j}",
+                                    f"{p}.model.{(1 if level == 0 else 3) + j}"))
+  for level in reversed(range(spec.num_downs)):
+    p = unet_prefix(level, deep=True)
+    if level == 0:
+      for j in range(2):
+        out.update(_expansion_block(f"up0/ExpansionBlock_{j}", f"{p}.model.{4 + j}"))
+      out["up0/ConvTranspose_0"] = f"{p}.model.7"
+    elif level == last:
+      out[f"up{level}/ConvTranspose_0"] = f"{p}.model.3"
+      out[f"up{level}/Norm_0/bn"] = f"{p}.model.4"
+    else:
+      out[f"up{level}/ConvTranspose_0"] = f"{p}.model.7"
+      out[f"up{level}/Norm_0/bn"] = f"{p}.model.8"
+      for j in range(2):
+        out.update(_expansion_block(f"up{level}/ExpansionBlock_{j}", f"{p}.model.{9 + j}"))
+  return out
+
+
 def module_map(spec: GeneratorSpec) -> dict[str, str]:
   """Flax module path ('a/b/conv') -> torch module prefix, in the network's order."""
   out: dict[str, str] = {}
+  if spec.family == "unet_deepest":
+    return _deep_unet_map(spec)
   if spec.family == "unet":
     last = spec.num_downs - 1
     for level in range(spec.num_downs):
@@ -345,7 +393,7 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 def expected_tensors(spec: GeneratorSpec, module=None):
   """[(torch key, torch shape, collection, flax path, transposed)] in the network's order."""
   module = module if module is not None else spec.build()
-  size = 2 ** spec.num_downs if spec.family == "unet" else 4
+  size = 2 ** spec.num_downs if spec.family in UNETS else 4
   abstract = jax.eval_shape(lambda: module.init(
       jax.random.PRNGKey(0), jnp.zeros((1, size, size, spec.input_nc)), train=False))
   by_module: dict[str, list] = {}
