@@ -255,6 +255,7 @@ def test_a_run_from_before_a_new_field_resumes_while_the_field_is_off(tmp_path):
   checkpointing.write_config(str(tmp_path), config)
   stored = json.loads((tmp_path / checkpointing.CONFIG_FILE).read_text())
   del stored["teacher_wide"]["frozen"], stored["teacher_wide"]["init_from"]
+  del stored["teacher_deep"]["init_from"]
   (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(stored))
   assert checkpointing.check_workdir_config(str(tmp_path), config)
   config.teacher_wide.init_from = "teacher.pth"
