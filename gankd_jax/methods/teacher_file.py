@@ -3,7 +3,7 @@
 Users arrive with a trained generator (junyanz's `latest_net_G.pth`, gan-compression's or OMGD's
 checkpoints, or their own Flax model) and want a smaller one. A teacher's config (OMGD's
 `teacher_wide` and `teacher_deep`, OMGD-CycleGAN's `teacher`, whose `init_from` is G_A and
-`init_from_b` G_B) says where it comes from:
+`init_from_b` G_B) says where it comes from (`module` and `frozen`: `teacher_wide` only):
 
   init_from  a PyTorch generator checkpoint (.pth, imported by weights/generator_pth.py into our
              module of the config's `name`, `ngf`, `norm`, `num_downs` / `n_blocks`: they must
