@@ -130,6 +130,9 @@ def check_settings(settings: Settings) -> None:
       raise ValueError(f"--ratios: a pruning ratio must be in [0, 1), got {ratio}")
   if not settings.ratios or not settings.seeds:
     raise ValueError("--ratios and --seeds need at least one value each")
+  if len({round(r * 100) for r in settings.ratios}) != len(settings.ratios):
+    raise ValueError(f"--ratios: give ratios at least 0.01 apart (they name the runs), got "
+                     f"{','.join(map(str, settings.ratios))}")
   for name in ("steps", "teacher_steps", "batch_size", "eval_every", "num_samples", "log_every"):
     if getattr(settings, name) <= 0:
       raise ValueError(f"--{name} must be positive, got {getattr(settings, name)}")

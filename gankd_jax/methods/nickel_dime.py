@@ -21,7 +21,10 @@ at start, deterministic, cached under $GANKD_CACHE); "mmd" is the kernel MMD bet
 student batch and of the teacher batch on the same latents; "none" turns it off. NICKEL compares
 the teacher's synthesis block output at `nickel.resolution` with D_S's block output at that
 resolution on the teacher image (a 1x1 adapter when their channels differ), by the MSE of the
-high Haar bands (`nickel.levels`); its gradient reaches D_S only.
+high Haar bands (`nickel.levels`); its gradient reaches D_S only. Output KD (not in the paper;
+an arm of experiments/nickel_dime.py, off by default): `output_kd.l1` times the L1 to G_T(z) on
+the same latents plus `output_kd.perceptual` times the mean absolute difference of
+`output_kd.network`'s features of the two images.
 """
 from __future__ import annotations
 
