@@ -95,7 +95,8 @@ def test_small_phi_is_a_seeded_random_classifier_not_the_evaluator():
 
 @pytest.fixture(scope="module")
 def prepared():
-  method = build_method(tiny_config())
+  # With the output-KD terms of the experiment's output_kd arm (off by default).
+  method = build_method(tiny_config(**{"output_kd.l1": 3.0, "output_kd.perceptual": 3.0}))
   frozen = method.load_frozen()
   batch = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)),
                                 jnp.float32), "index": jnp.arange(8, dtype=jnp.int32)}
@@ -138,7 +139,8 @@ def test_the_fused_step_reports_every_term_and_dime_targets_are_the_teachers(pre
   new_state, metrics = step(state, batch, frozen)
   for name in ("G/adversarial_student_d", "G/adversarial_teacher_d", "G/dime_digits_first",
                "G/dime_digits_second", "G/pl_penalty", "D_S/adversarial", "D_S/nickel",
-               "D_S/r1_penalty", "D_T/loss", "D_T/r1_penalty"):
+               "D_S/r1_penalty", "D_T/loss", "D_T/r1_penalty", "G/output_kd_l1",
+               "G/output_kd_perceptual"):
     assert np.isfinite(metrics[name]), name
   assert float(metrics["D_S/nickel"]) > 0
   # Every trained network moved; the frozen teacher is not in the state.

@@ -306,8 +306,10 @@ def generate(restored, num: int, batch_size: int) -> dict[str, Any]:
 
 
 def sample_grid(teacher, student, rows: int = 8, pairs: int = 3):
-  """teacher | student column pairs on the same latents."""
+  """teacher | student column pairs on the same latents (as many as the images fill)."""
   from gankd_jax import visualize
+  rows = min(rows, len(teacher))
+  pairs = max(1, min(pairs, len(teacher) // rows))
   columns, labels = [], []
   for p in range(pairs):
     columns += [teacher[p * rows:(p + 1) * rows], student[p * rows:(p + 1) * rows]]
@@ -386,7 +388,8 @@ def results_markdown(rows: list[dict], settings: Settings, teacher_desc: str, wa
          "evaluations apart; the machine may have been shared)" if timing.get("steps_per_s")
          else "") + ".",
       "",
-      f"Evaluation: {settings.num_samples} fixed latents per generator (methods/common.py's, the "
+      f"Evaluation: every student at its last step (no best-checkpoint selection), "
+      f"{settings.num_samples} fixed latents per generator (methods/common.py's, the "
       "same for every row); features of the shipped digit classifier (trained on the digits' "
       "training split; not comparable with Inception-based numbers). No arm trained with it: "
       "DiME's phi and output KD's perceptual network are the same architecture at seeded random "
