@@ -64,7 +64,7 @@ VS_TEACHER = tuple(f"{k}_vs_teacher" for k in METRICS)
 FEATURES = "digit_classifier"
 # The paper's Figure 3: D_S's mean logit on reals (Dmain) and on the student's fakes (Dmain).
 REAL_LOGIT, FAKE_LOGIT = "train/scores/real", "train/scores/fake_d_s"
-DEFAULTS = {"ratios": [0.9], "seeds": [0], "steps": 300}
+DEFAULTS = {"ratios": [0.9], "seeds": [0], "steps": 200}
 FULL = {"ratios": [0.9, 0.7], "seeds": [0, 1, 2], "steps": 1000}
 
 
@@ -84,7 +84,7 @@ def define_flags():
   flags.DEFINE_bool("full", False, f"Ratios {FULL['ratios']}, seeds {FULL['seeds']}, "
                     f"{FULL['steps']} steps (explicit --ratios/--seeds/--steps win).")
   flags.DEFINE_integer("batch_size", 32, "Batch size of every student.")
-  flags.DEFINE_integer("eval_every", 100, "Steps between the loop's FID evaluations.")
+  flags.DEFINE_integer("eval_every", 50, "Steps between the loop's FID evaluations.")
   flags.DEFINE_integer("num_samples", 1000, "Fixed latents per generator for the final metrics.")
   flags.mark_flags_as_required(["workdir"])
 
@@ -99,7 +99,7 @@ class Settings:
   teacher_workdir: Optional[str] = None
   teacher_network: Optional[str] = None
   batch_size: int = 32
-  eval_every: int = 100
+  eval_every: int = 50
   num_samples: int = 1000
   log_every: int = 10
   # Dotted config fields set on every student (tests: tiny widths), and on a trained teacher.
