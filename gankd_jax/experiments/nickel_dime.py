@@ -511,7 +511,11 @@ def run_experiment(settings: Settings, workdir: str) -> list[dict]:
   for k, run in enumerate(runs, 1):
     print(f"[run {k}/{len(runs)}] {run.name}: {run.config.num_train_steps} steps "
           f"({(time.time() - start) / 60:.1f} min elapsed)", flush=True)
-    train.train_and_evaluate(run.config, run.workdir)
+    summary = train.train_and_evaluate(run.config, run.workdir)
+    if summary["steps"] < run.config.num_train_steps:  # SIGTERM: the loop saved and stopped.
+      print(f"stopped in {run.name} at step {summary['steps']}; run the same command again to "
+            "resume", flush=True)
+      return []
 
   mesh = parallel.make_mesh(1)
   evaluator = Evaluator(mesh, 250)
