@@ -313,13 +313,13 @@ def sample_grid(teacher, student, rows: int = 8, pairs: int = 3):
   columns, labels = [], []
   for p in range(pairs):
     columns += [teacher[p * rows:(p + 1) * rows], student[p * rows:(p + 1) * rows]]
-    labels += ["teacher", "student"]
+    labels += ["T", "S"]  # Teacher, student: a 32 px column has no room for words.
   return visualize.image_grid(columns, labels=labels)
 
 
 # ------------------------------------------------------------------------------------ reporting
-def _fmt(value, digits=2):
-  return "n/a" if value is None else f"{value:.{digits}f}"
+def _fmt(value, digits=2, kind="f"):
+  return "n/a" if value is None else f"{value:.{digits}{kind}}"
 
 
 def _mean(rows, key):
@@ -383,7 +383,8 @@ def results_markdown(rows: list[dict], settings: Settings, teacher_desc: str, wa
       f"Teacher: {teacher_desc}. Students: the teacher pruned by p (l1 criterion, the same "
       f"pruned start, D_S init, latents and data order in every arm), {settings.steps} steps at "
       f"batch {settings.batch_size}, seeds {', '.join(map(str, settings.seeds))}; arms "
-      f"{', '.join(settings.arms)}. Wall time {wall_s / 60:.1f} min"
+      f"{', '.join(settings.arms)}. This invocation took {wall_s / 60:.1f} min (a resumed "
+      "experiment counts only its own part)"
       + (f" (steady {timing['steps_per_s']:.2f} steps/s for {timing['run']}; compiles and "
          "evaluations apart; the machine may have been shared)" if timing.get("steps_per_s")
          else "") + ".",
@@ -395,7 +396,7 @@ def results_markdown(rows: list[dict], settings: Settings, teacher_desc: str, wa
       "DiME's phi and output KD's perceptual network are the same architecture at seeded random "
       "weights (configs/nickel_dime.py). fid / kid / precision / recall: against the held-out "
       "digits (the eval split); *_vs_teacher: against the teacher's images on the same latents. "
-      "The d-logit gap: mean D_S(x) - D_S(G_S z) over the last half of training (the train "
+      "Sample grids: T = teacher, S = student, same latents. The d-logit gap: mean D_S(x) - D_S(G_S z) over the last half of training (the train "
       "scalars of d_logits.png).",
       "",
       "What this default does not test: the paper's phi networks (DINO ResNet-50, CLIP RN50), "
@@ -410,15 +411,15 @@ def results_markdown(rows: list[dict], settings: Settings, teacher_desc: str, wa
     lines.append(
         f"| {r['arm']} | {r['pruning_ratio']:g} | {'-' if r['seed'] is None else r['seed']} | "
         f"{r['params']:,} | {r['macs']:,} | "
-        f"{_fmt(r['fid'])} | {_fmt(r['kid'], 4)} | {_fmt(r['precision'], 3)} | "
-        f"{_fmt(r['recall'], 3)} | {_fmt(r['fid_vs_teacher'])} | {_fmt(r['kid_vs_teacher'], 4)} | "
+        f"{_fmt(r['fid'])} | {_fmt(r['kid'], 4, 'g')} | {_fmt(r['precision'], 3)} | "
+        f"{_fmt(r['recall'], 3)} | {_fmt(r['fid_vs_teacher'])} | {_fmt(r['kid_vs_teacher'], 4, 'g')} | "
         f"{_fmt(r['precision_vs_teacher'], 3)} | {_fmt(r['recall_vs_teacher'], 3)} | "
         f"{_fmt(r['d_logit_gap'], 3)} |")
   if len(settings.seeds) > 1:
     lines += ["", "Means over seeds:", "", "| arm | p | FID | KID | FID vs T | D_S gap |",
               "|---|---:|---:|---:|---:|---:|"]
     for (arm, ratio), m in summarise(rows).items():
-      lines.append(f"| {arm} | {ratio:g} | {_fmt(m['fid'])} | {_fmt(m['kid'], 4)} | "
+      lines.append(f"| {arm} | {ratio:g} | {_fmt(m['fid'])} | {_fmt(m['kid'], 4, 'g')} | "
                    f"{_fmt(m['fid_vs_teacher'])} | {_fmt(m['d_logit_gap'], 3)} |")
   lines += ["", "## The paper's claims on these numbers", "", *claims(rows), "",
             "A short run on a small teacher: a claim that does not hold here says what this "
