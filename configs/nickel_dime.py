@@ -6,8 +6,10 @@ of every layer's channels pruned; D_S and D_T share the discriminator fields.
 
 Variants (`--config=configs/nickel_dime.py:NAME`):
   small                 (default) the configs/stylegan2.py small teacher (32 px digits), p = 0.7,
-                        DiME on the shipped digit classifier's features (no download), NICKEL at
-                        8 px; give the teacher with --config.teacher.workdir=DIR (a run of
+                        DiME on a randomly initialised digit classifier (seeded, asked for by
+                        name: the shipped trained one is the FID network, so DiME does not
+                        train against the evaluator; no download), NICKEL at 8 px; give the
+                        teacher with --config.teacher.workdir=DIR (a run of
                         `--config=configs/stylegan2.py`) or --config.teacher.network=FILE.pkl.
   ffhq256_p50 ... _p95  the reference's paper256 setup (channel_base 16384, channel_max 512, 8
                         mapping layers, z/w 512) at p = 0.5, 0.7, 0.8, 0.9, 0.95: DINO ResNet-50
@@ -27,15 +29,24 @@ FFHQ_VARIANTS = {f"ffhq256_p{round(p * 100)}": p for p in PAPER_MACS_REDUCTION}
 VARIANTS = ("small", *FFHQ_VARIANTS)
 
 
-def _phi(network: str, first: float, second: float) -> ml_collections.ConfigDict:
-  """A DiME embedding network (gankd_jax/models/embedding.py, or the shipped digit_classifier):
+def _network(network: str, normalization: str = "none", random_init: bool = False
+             ) -> ml_collections.ConfigDict:
+  """A frozen feature network (gankd_jax/models/embedding.py, or the shipped digit_classifier):
   its name, weights file (required unless random_init; a missing one is a one-line error naming
   this field), input normalisation (none: [-1, 1] as the reference feeds; imagenet; clip; images
-  are resized to the network's input size, CLIP's 224 as the reference), the weights of the
-  first and second moments, and random_init (ablations only: a randomly initialised phi)."""
+  are resized to the network's input size, CLIP's 224 as the reference), random_init (a
+  randomly initialised network, only when asked for here) and the seed of that draw."""
   return ml_collections.ConfigDict({
-      "network": network, "weights": "", "normalization": "none", "first_weight": first,
-      "second_weight": second, "random_init": False})
+      "network": network, "weights": "", "normalization": normalization,
+      "random_init": random_init, "seed": 0})
+
+
+def _phi(network: str, first: float, second: float, random_init: bool = False
+         ) -> ml_collections.ConfigDict:
+  """A DiME embedding network (`_network`) with the weights of its first and second moments."""
+  entry = _network(network, random_init=random_init)
+  entry.update({"first_weight": first, "second_weight": second})
+  return entry
 
 
 def get_config(variant: str = "small") -> ml_collections.ConfigDict:
@@ -68,12 +79,17 @@ def get_config(variant: str = "small") -> ml_collections.ConfigDict:
   config.dime.target_seed = 0
   config.dime.mmd_bandwidths = (0.5, 1.0, 2.0, 4.0)  # RBF bandwidths, relative to sqrt(dim).
   config.dime.networks = ml_collections.ConfigDict()
-  config.dime.networks.digits = _phi("digit_classifier", 20.0, 20.0)
+  # Random weights: the trained digit classifier is the evaluation network (eval.evaluators).
+  config.dime.networks.digits = _phi("digit_classifier", 20.0, 20.0, random_init=True)
 
-  # Not in NICKEL & DiME: output distillation as earlier StyleGAN2-compression work (an arm of
-  # the experiment); 0: off.
+  # Not in NICKEL & DiME: output distillation as earlier StyleGAN2-compression work does it (CAGAN:
+  # L1 3 + LPIPS 3 on the same latents; an arm of the experiment); 0: off. The perceptual term
+  # is the mean absolute difference of `network`'s features of the student's and the teacher's
+  # images (LPIPS needs VGG weights and its learnt heads; here any feature network by name).
   config.output_kd = ml_collections.ConfigDict()
   config.output_kd.l1 = 0.0
+  config.output_kd.perceptual = 0.0
+  config.output_kd.network = _network("digit_classifier", random_init=True)
 
   config.best_checkpoint_metric = "student/fid"
   config.eval.evaluators.paired.every = 0  # Student vs teacher on the same latents (PSNR, SSIM).
@@ -89,6 +105,7 @@ def get_config(variant: str = "small") -> ml_collections.ConfigDict:
     config.dime.networks = ml_collections.ConfigDict()
     config.dime.networks.dino = _phi("resnet50", 20.0, 20.0)
     config.dime.networks.clip = _phi("clip_rn50", 15.0, 15.0)
+    config.output_kd.network = _network("vgg16", "imagenet")  # LPIPS's backbone.
     config.batch_size = 64                 # The reference's 4 GPUs x ... = 64 images per step.
     config.num_train_steps = 40_000_000 // 64  # kimg 40000.
   return config

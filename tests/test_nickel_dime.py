@@ -50,6 +50,8 @@ def _leaves(tree):
     ({"nickel.resolution": 8, "nickel.levels": 4}, "nickel.levels=4 halves 8 px below 1 px"),
     ({"teacher.workdir": "/somewhere"}, "not both"),
     ({"dime.micro_batch": 3}, "dime.micro_batch=3 must divide batch_size=8"),
+    ({"output_kd.perceptual": -1.0}, "output_kd.perceptual must be >= 0"),
+    ({"output_kd.network.normalization": "tf"}, "output_kd.network.normalization: unknown 'tf'"),
 ])
 def test_bad_fields_are_one_line_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -69,12 +71,32 @@ def test_bad_teachers_and_embeddings_before_any_compute(tmp_path):
   # A phi without weights names the file it needs and the field to set.
   with pytest.raises(ValueError, match=r"resnet50 needs weights .*--config.dime.networks.digits"
                                        r".weights=FILE"):
-    build_method(tiny_config(**{"dime.networks.digits.network": "resnet50"})).load_frozen()
+    build_method(tiny_config(**{"dime.networks.digits.network": "resnet50",
+                                "dime.networks.digits.random_init": False})).load_frozen()
+
+
+def test_small_phi_is_a_seeded_random_classifier_not_the_evaluator():
+  """The small default's DiME phi (and output-KD network) is the digit classifier's architecture
+  at random weights, asked for by name: the shipped weights are FID's features."""
+  from gankd_jax.metrics import digit_classifier
+  from gankd_jax.methods import nickel_dime
+  config = nd_configs.get_config("small")
+  assert config.eval.evaluators.fid.features == "digit_classifier"
+  shipped = _leaves(digit_classifier.load_weights())
+  first, again = (_leaves(nickel_dime.load_embedding("digits", config.dime.networks.digits)
+                          .variables) for _ in range(2))
+  assert [a.shape for a in first] == [a.shape for a in shipped]
+  assert all(np.array_equal(a, b) for a, b in zip(first, again))
+  assert not any(np.array_equal(a, b) for a, b in zip(first, shipped) if a.std() > 0)
+  config.dime.networks.digits.weights = "x.npz"
+  with pytest.raises(ValueError, match="dime.networks.digits: both weights=x.npz and random_init"):
+    nickel_dime.load_embedding("digits", config.dime.networks.digits)
 
 
 @pytest.fixture(scope="module")
 def prepared():
-  method = build_method(tiny_config())
+  # With the output-KD terms of the experiment's output_kd arm (off by default).
+  method = build_method(tiny_config(**{"output_kd.l1": 3.0, "output_kd.perceptual": 3.0}))
   frozen = method.load_frozen()
   batch = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)),
                                 jnp.float32), "index": jnp.arange(8, dtype=jnp.int32)}
@@ -117,7 +139,8 @@ def test_the_fused_step_reports_every_term_and_dime_targets_are_the_teachers(pre
   new_state, metrics = step(state, batch, frozen)
   for name in ("G/adversarial_student_d", "G/adversarial_teacher_d", "G/dime_digits_first",
                "G/dime_digits_second", "G/pl_penalty", "D_S/adversarial", "D_S/nickel",
-               "D_S/r1_penalty", "D_T/loss", "D_T/r1_penalty"):
+               "D_S/r1_penalty", "D_T/loss", "D_T/r1_penalty", "G/output_kd_l1",
+               "G/output_kd_perceptual"):
     assert np.isfinite(metrics[name]), name
   assert float(metrics["D_S/nickel"]) > 0
   # Every trained network moved; the frozen teacher is not in the state.

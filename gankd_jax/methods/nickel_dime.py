@@ -21,7 +21,10 @@ at start, deterministic, cached under $GANKD_CACHE); "mmd" is the kernel MMD bet
 student batch and of the teacher batch on the same latents; "none" turns it off. NICKEL compares
 the teacher's synthesis block output at `nickel.resolution` with D_S's block output at that
 resolution on the teacher image (a 1x1 adapter when their channels differ), by the MSE of the
-high Haar bands (`nickel.levels`); its gradient reaches D_S only.
+high Haar bands (`nickel.levels`); its gradient reaches D_S only. Output KD (not in the paper;
+an arm of experiments/nickel_dime.py, off by default): `output_kd.l1` times the L1 to G_T(z) on
+the same latents plus `output_kd.perceptual` times the mean absolute difference of
+`output_kd.network`'s features of the two images.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ METHOD_NAME = "nickel_dime"
 STUDENT, TEACHER = "student", "teacher"
 STUDENT_D, TEACHER_D = "student_discriminator", "teacher_discriminator"
 DIME_FORMS = ("moments", "mmd", "none")
+KD_PHI = "output_kd"  # The output-KD perceptual network's key among the cached embeddings.
 # Teacher fields a run's config.json must share with this config (the architecture).
 TEACHER_FIELDS = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
                   "architecture", "conv_clamp")
@@ -103,26 +107,38 @@ def embedding_names() -> tuple[str, ...]:
     return ("digit_classifier",)
 
 
-def load_embedding(name: str, entry: ml_collections.ConfigDict) -> Embedding:
-  """phi by network name: `digit_classifier` (shipped weights, for digit data) or a network of
-  gankd_jax.models.embedding's registry (resnet50 for DINO, clip_rn50, inception, vgg16)."""
+def load_embedding(name: str, entry: ml_collections.ConfigDict, field: str = "") -> Embedding:
+  """phi by network name: `digit_classifier` (shipped weights, for digit data; with random_init
+  its architecture seeded at random) or a network of gankd_jax.models.embedding's registry
+  (resnet50 for DINO, clip_rn50, inception, vgg16). `field`: the config path named in errors
+  (default dime.networks.NAME)."""
+  field = field or f"dime.networks.{name}"
   if entry.network not in embedding_names():
-    raise ValueError(f"dime.networks.{name}.network: unknown '{entry.network}'; choose from "
+    raise ValueError(f"{field}.network: unknown '{entry.network}'; choose from "
                      f"{', '.join(embedding_names())}")
+  random_init, seed = bool(entry.get("random_init", False)), int(entry.get("seed", 0))
   if entry.network == "digit_classifier":
     if entry.normalization != "none":
-      raise ValueError(f"dime.networks.{name}.normalization: digit_classifier takes [-1, 1] "
+      raise ValueError(f"{field}.normalization: digit_classifier takes [-1, 1] "
                        f"images as they are (none), not {entry.normalization}")
+    if random_init and entry.weights:
+      raise ValueError(f"{field}: both weights={entry.weights} and random_init were given")
     from gankd_jax.metrics import digit_classifier  # pylint: disable=import-outside-toplevel
-    variables = digit_classifier.load_weights(entry.weights or None)
+    if random_init:  # Not the evaluation network: the shipped weights are FID's features.
+      from gankd_jax.models import embedding  # pylint: disable=import-outside-toplevel
+      variables = embedding.random_variables(jax.eval_shape(
+          digit_classifier.DigitClassifier().init, jax.random.key(0),
+          jnp.zeros((1, digit_classifier.INPUT_SIZE, digit_classifier.INPUT_SIZE, 1))), seed)
+    else:
+      variables = digit_classifier.load_weights(entry.weights or None)
     apply = lambda v, x: digit_classifier.apply(v, x)["features"]
   else:  # Resizes (CLIP: 224, bilinear) and normalises as the entry says.
     from gankd_jax.models import embedding  # pylint: disable=import-outside-toplevel
     apply, variables = embedding.make_embedding(
         entry.network, entry.weights or None, normalization=entry.normalization,
-        random_init=entry.random_init, flag=f"--config.dime.networks.{name}.weights")
+        random_init=random_init, seed=seed, flag=f"--config.{field}.weights")
   return Embedding(name, lambda v, x: apply(v, x).astype(jnp.float32), variables,
-                   float(entry.first_weight), float(entry.second_weight))
+                   float(entry.get("first_weight", 0.0)), float(entry.get("second_weight", 0.0)))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -141,10 +157,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.dime.form == "moments" and config.batch_size % config.dime.micro_batch:
     raise ValueError(f"dime.micro_batch={config.dime.micro_batch} must divide batch_size="
                      f"{config.batch_size} (the moments are taken per micro-batch)")
-  for name, entry in config.dime.networks.items():
+  entries = [(f"dime.networks.{name}", entry) for name, entry in config.dime.networks.items()]
+  for field, entry in entries + [("output_kd.network", config.output_kd.network)]:
     if entry.normalization not in ("none", "imagenet", "clip"):
-      raise ValueError(f"dime.networks.{name}.normalization: unknown '{entry.normalization}'; "
+      raise ValueError(f"{field}.normalization: unknown '{entry.normalization}'; "
                        "choose from none, imagenet, clip")
+  for field in ("l1", "perceptual"):
+    if config.output_kd[field] < 0:
+      raise ValueError(f"output_kd.{field} must be >= 0, got {config.output_kd[field]}")
   resolution, size = config.nickel.resolution, config.data.image_size
   if config.nickel.weight:
     if resolution < 8 or resolution > size // 2 or resolution & (resolution - 1):
@@ -195,7 +215,8 @@ class NickelDiMe(StyleGAN2):
   def active_losses(self) -> dict[str, float]:
     cfg, losses = self.loss_cfg, {"adversarial_student_d": 1.0, "adversarial_teacher_d": 1.0}
     losses.update({"r1": cfg.r1_gamma / 2, "path_length": cfg.pl_weight,
-                   "nickel": self.nickel.weight, "output_kd_l1": self.config.output_kd.l1})
+                   "nickel": self.nickel.weight, "output_kd_l1": self.config.output_kd.l1,
+                   "output_kd_perceptual": self.config.output_kd.perceptual})
     if self.dime.form != "none":
       for name, entry in self.dime.networks.items():
         losses[f"dime_{name}"] = float(entry.first_weight + entry.second_weight)
@@ -242,6 +263,8 @@ class NickelDiMe(StyleGAN2):
         frozen["phi"][name] = embedding.variables
         if self.dime.form == "moments":
           frozen["targets"][name] = self._moment_targets(g_t, embedding)
+    if self.config.output_kd.perceptual:
+      frozen["kd_phi"] = self._kd_embedding().variables
     if not restoring:
       frozen["init"] = {"D_T": jax.tree_util.tree_map(jnp.asarray, d_t),
                         "G_S": self.pruned_student(jax.device_get(g_t))}
@@ -261,6 +284,13 @@ class NickelDiMe(StyleGAN2):
     if name not in self._embeddings:
       self._embeddings[name] = load_embedding(name, entry)
     return self._embeddings[name]
+
+  def _kd_embedding(self) -> Embedding:
+    """The output-KD arm's perceptual network (output_kd.network), read once like phi."""
+    if KD_PHI not in self._embeddings:
+      self._embeddings[KD_PHI] = load_embedding(KD_PHI, self.config.output_kd.network,
+                                                field="output_kd.network")
+    return self._embeddings[KD_PHI]
 
   def _moment_targets(self, g_t, embedding: Embedding) -> dict[str, jax.Array]:
     """First and second raw moments of phi over N teacher samples (seeded, style mixing off,
@@ -405,7 +435,8 @@ class NickelDiMe(StyleGAN2):
               frozen=None):
     z_key, run_key = jax.random.split(key)
     z, c = self._latents(z_key, batch_size), self._labels(batch_size)
-    need_teacher = self.dime.form == "mmd" or self.config.output_kd.l1
+    kd = self.config.output_kd
+    need_teacher = self.dime.form == "mmd" or kd.l1 or kd.perceptual
     teacher_images = (self._teacher_images(frozen["teacher"], z, c, run_key)
                       if need_teacher else None)
 
@@ -419,9 +450,15 @@ class NickelDiMe(StyleGAN2):
       if self.dime.form != "none":
         dime, dime_metrics = self._dime_loss(images, teacher_images, frozen)
         total, metrics = total + dime, {**metrics, **dime_metrics, "G/dime": dime}
-      if self.config.output_kd.l1:
+      if kd.l1:
         l1 = jnp.mean(jnp.abs(images - teacher_images))
-        total, metrics = total + self.config.output_kd.l1 * l1, {**metrics, "G/output_kd_l1": l1}
+        total, metrics = total + kd.l1 * l1, {**metrics, "G/output_kd_l1": l1}
+      if kd.perceptual:  # L1 between the student's and the teacher's features, same latents.
+        phi = self._kd_embedding()
+        distance = jnp.mean(jnp.abs(phi.apply(frozen["kd_phi"], images)
+                                    - phi.apply(frozen["kd_phi"], teacher_images)))
+        total = total + kd.perceptual * distance
+        metrics = {**metrics, "G/output_kd_perceptual": distance}
       return total, (buffers, {**metrics, "G/loss": total, "scores/fake": jnp.mean(logits_s)})
 
     (_, (buffers, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(g.params)
