@@ -91,6 +91,13 @@ def get_config(variant: str = "small") -> ml_collections.ConfigDict:
   config.output_kd.perceptual = 0.0
   config.output_kd.network = _network("digit_classifier", random_init=True)
 
+  # False: each loss weight is a constant of the compiled step and a term of weight 0 is left out
+  # of it. True: the weights are inputs of the step and every term this config can compute
+  # (DiME unless dime.form is none, NICKEL, output KD) is compiled, one of weight 0 skipped at run
+  # time, so runs that differ only in weights share one compiled step through JAX's persistent
+  # compilation cache (experiments/nickel_dime.py's arms: XLA:CPU compiles a step in minutes).
+  config.weights_as_step_inputs = False
+
   config.best_checkpoint_metric = "student/fid"
   config.eval.evaluators.paired.every = 0  # Student vs teacher on the same latents (PSNR, SSIM).
   if variant == "small":

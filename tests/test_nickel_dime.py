@@ -150,6 +150,58 @@ def test_the_fused_step_reports_every_term_and_dime_targets_are_the_teachers(pre
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(old), _leaves(new)))
 
 
+ALL_TERMS = {"output_kd.l1": 3.0, "output_kd.perceptual": 3.0}
+NO_TERMS = {"dime.networks.digits.first_weight": 0.0, "dime.networks.digits.second_weight": 0.0,
+            "nickel.weight": 0.0}
+NO_REGULARISERS = {"loss.r1_gamma": 0.0, "loss.pl_weight": 0.0}  # Cheaper to compile.
+
+
+def _one_step(overrides):
+  method = build_method(tiny_config(**NO_REGULARISERS, **overrides))
+  frozen = method.load_frozen()
+  batch = {"image": jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)),
+                                jnp.float32), "index": jnp.arange(8, dtype=jnp.int32)}
+  state = method.init_state(jax.random.key(0), batch, frozen)
+  step = jax.jit(lambda s, b, f: method.train_step(s, b, f, method.phase(1)))
+  return step, state, batch, frozen
+
+
+def test_runs_that_differ_only_in_weights_share_one_compiled_step():
+  """With weights_as_step_inputs, the experiment's arms lower to one program (so the persistent
+  compilation cache compiles it once); as constants they do not."""
+  def program(overrides):
+    step, state, batch, frozen = _one_step(overrides)
+    return step.lower(state, batch, frozen).as_text()
+  inputs = {"weights_as_step_inputs": True}
+  assert program({**inputs, **ALL_TERMS}) == program({**inputs, **NO_TERMS})
+  assert program(ALL_TERMS) != program({**ALL_TERMS, **NO_TERMS})
+
+
+def test_one_compiled_step_trains_each_arm_as_its_own_constant_weights():
+  """One step compiled with weights as inputs, given each arm's weights, does what a step with
+  those weights as constants does; a term of weight 0 is skipped at run time (reported as 0)."""
+  step, state, batch, frozen = _one_step({**ALL_TERMS, "weights_as_step_inputs": True})
+  adversarial = {**NO_TERMS, "output_kd.l1": 0.0, "output_kd.perceptual": 0.0}
+  for weights in (ALL_TERMS, adversarial):
+    constant_step, constant_state, _, constant_frozen = _one_step(weights)
+    expected, expected_metrics = jax.device_get(constant_step(constant_state, batch,
+                                                              constant_frozen))
+    arm_weights = build_method(tiny_config(**weights)).loss_weights()
+    got, metrics = jax.device_get(step(state, batch, {**frozen, "weights": jax.tree_util.tree_map(
+        jnp.float32, arm_weights)}))
+    for a, b in zip(_leaves(expected), _leaves(got)):
+      np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
+    skipped = ("G/dime", "G/dime_digits_first", "G/dime_digits_second", "D_S/nickel",
+               "G/output_kd_l1", "G/output_kd_perceptual")
+    for name, value in expected_metrics.items():
+      if weights is ALL_TERMS or name not in skipped:
+        np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
+    if weights is ALL_TERMS:
+      assert all(float(metrics[name]) > 0 for name in skipped)
+    else:
+      assert all(float(metrics[name]) == 0.0 for name in skipped)
+
+
 def test_paper_setup_sizes_match_the_papers_macs_reduction():
   """paper256 teacher at p = 0.9: the paper reports 98.92 % fewer MACs (FIR filters apart)."""
   result = model_stats.compute(nd_configs.get_config("ffhq256_p90"))

@@ -74,8 +74,11 @@ def test_plan_trains_a_teacher_first_and_arms_are_config_overrides(tmp_path):
   assert len(runs) == 1 + 2 * len(experiment.ARMS)
   by_name = {r.name: r.config for r in runs}
   adversarial, full = by_name["adversarial_p90_s0"], by_name["nickel_dime_p90_s0"]
-  assert adversarial.dime.form == "none" and adversarial.nickel.weight == 0
-  assert full.dime.form == "moments" and full.nickel.weight == 10.0
+  digits = adversarial.dime.networks.digits
+  assert (digits.first_weight, digits.second_weight, adversarial.nickel.weight) == (0, 0, 0)
+  assert full.dime.form == adversarial.dime.form == "moments" and full.nickel.weight == 10.0
+  # Weights are step inputs in every arm: one compiled step per ratio (tests/test_nickel_dime.py).
+  assert all(r.config.weights_as_step_inputs for r in runs[1:])
   assert full.teacher.workdir == runs[0].workdir and by_name["dime_p70_s0"].student.pruning_ratio == 0.7
   assert by_name["output_kd_p70_s0"].output_kd.l1 == 3.0
   # No arm trains against the evaluation network: phi is a random digit classifier.

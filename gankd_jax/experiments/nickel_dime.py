@@ -49,15 +49,19 @@ from gankd_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
 
-# Each arm as overrides of configs/nickel_dime.py:small (whose DiME and NICKEL are on).
+# Each arm as loss weights over configs/nickel_dime.py:small (whose DiME and NICKEL are on). The
+# weights are inputs of the step (`SHARED_STEP`), so every arm of a ratio runs one compiled step.
 OUTPUT_KD = {"output_kd.l1": 3.0, "output_kd.perceptual": 3.0}  # CAGAN's kd_l1 / kd_lpips 3 + 3.
+NO_DIME = {"dime.networks.digits.first_weight": 0.0, "dime.networks.digits.second_weight": 0.0}
+NO_NICKEL = {"nickel.weight": 0.0}
 ARMS: dict[str, dict[str, Any]] = {
-    "adversarial": {"dime.form": "none", "nickel.weight": 0.0},
-    "output_kd": {"dime.form": "none", "nickel.weight": 0.0, **OUTPUT_KD},
-    "dime": {"nickel.weight": 0.0},
-    "nickel": {"dime.form": "none"},
+    "adversarial": {**NO_DIME, **NO_NICKEL},
+    "output_kd": {**NO_DIME, **NO_NICKEL, **OUTPUT_KD},
+    "dime": NO_NICKEL,
+    "nickel": NO_DIME,
     "nickel_dime": {},
 }
+SHARED_STEP = {"weights_as_step_inputs": True}
 ROW_KEYS = ("arm", "pruning_ratio", "params", "macs", "fid", "kid", "precision", "recall")
 METRICS = ("fid", "kid", "precision", "recall")
 VS_TEACHER = tuple(f"{k}_vs_teacher" for k in METRICS)
@@ -194,7 +198,7 @@ def plan(settings: Settings, workdir: str) -> list[Run]:
         config.best_checkpoint_metric = ""  # Every arm is evaluated at its last step.
         # The loop's FID (fid_vs_step.png): the student only, on the trained classifier.
         config.eval.evaluators.fid.update(every=0, features=FEATURES, roles=("student",))
-        _override(config, {**ARMS[arm], **settings.overrides})
+        _override(config, {**SHARED_STEP, **ARMS[arm], **settings.overrides})
         nickel_dime.check_config(config)
         sg_method.check_config(config)
         runs.append(Run(run_name(arm, ratio, seed), arm, float(ratio), int(seed), config,
@@ -590,8 +594,9 @@ def main(argv):
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   import jax
-  # Seeds of one arm and ratio run the same programs, and a resumed experiment those it ran:
-  # XLA:CPU takes minutes per StyleGAN2 step variant, so they are compiled once.
+  # Every arm and seed of a ratio runs the same programs (the weights are step inputs), and a
+  # resumed experiment those it ran: XLA:CPU takes minutes per StyleGAN2 step variant, so they
+  # are compiled once.
   jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(FLAGS.workdir),
                                                               "jit_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)

@@ -25,10 +25,16 @@ high Haar bands (`nickel.levels`); its gradient reaches D_S only. Output KD (not
 an arm of experiments/nickel_dime.py, off by default): `output_kd.l1` times the L1 to G_T(z) on
 the same latents plus `output_kd.perceptual` times the mean absolute difference of
 `output_kd.network`'s features of the two images.
+
+Loss weights (`loss_weights`) are constants of the compiled step, or with
+`weights_as_step_inputs` inputs of it (`frozen["weights"]`): then every term the config can
+compute is compiled and one of weight 0 is skipped at run time (`lax.cond`, reported as 0), so
+runs that differ only in weights compile one step.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Any
@@ -94,8 +100,6 @@ class Embedding:
   name: str
   apply: Any          # (variables, images) -> (N, D)
   variables: Any
-  first_weight: float
-  second_weight: float
 
 
 def embedding_names() -> tuple[str, ...]:
@@ -137,8 +141,7 @@ def load_embedding(name: str, entry: ml_collections.ConfigDict, field: str = "")
     apply, variables = embedding.make_embedding(
         entry.network, entry.weights or None, normalization=entry.normalization,
         random_init=random_init, seed=seed, flag=f"--config.{field}.weights")
-  return Embedding(name, lambda v, x: apply(v, x).astype(jnp.float32), variables,
-                   float(entry.get("first_weight", 0.0)), float(entry.get("second_weight", 0.0)))
+  return Embedding(name, lambda v, x: apply(v, x).astype(jnp.float32), variables)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -166,7 +169,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.output_kd[field] < 0:
       raise ValueError(f"output_kd.{field} must be >= 0, got {config.output_kd[field]}")
   resolution, size = config.nickel.resolution, config.data.image_size
-  if config.nickel.weight:
+  if config.nickel.weight or config.get("weights_as_step_inputs", False):
     if resolution < 8 or resolution > size // 2 or resolution & (resolution - 1):
       raise ValueError(f"nickel.resolution={resolution}: the generator has no block output "
                        f"there that D_S also has; choose a power of two in [8, {size // 2}]")
@@ -201,6 +204,7 @@ class NickelDiMe(StyleGAN2):
     self.init_from = ""
     self.nickel = config.nickel
     self.dime = config.dime
+    self.weights_as_inputs = bool(config.get("weights_as_step_inputs", False))
     self._embeddings: dict[str, Embedding] = {}
     self._notes = [Note(
         f"NICKEL & DiME at {self.image_shape[0]} px: student pruned by "
@@ -214,13 +218,47 @@ class NickelDiMe(StyleGAN2):
   # ----------------------------------------------------------------------------- bookkeeping
   def active_losses(self) -> dict[str, float]:
     cfg, losses = self.loss_cfg, {"adversarial_student_d": 1.0, "adversarial_teacher_d": 1.0}
-    losses.update({"r1": cfg.r1_gamma / 2, "path_length": cfg.pl_weight,
-                   "nickel": self.nickel.weight, "output_kd_l1": self.config.output_kd.l1,
-                   "output_kd_perceptual": self.config.output_kd.perceptual})
+    losses.update({"r1": cfg.r1_gamma / 2, "path_length": cfg.pl_weight})
+    losses.update({k: v for k, v in self.loss_weights().items() if not k.startswith("dime_")})
     if self.dime.form != "none":
       for name, entry in self.dime.networks.items():
         losses[f"dime_{name}"] = float(entry.first_weight + entry.second_weight)
     return {k: float(v) for k, v in losses.items() if v}
+
+  def loss_weights(self) -> dict[str, float]:
+    """The weight of every optional term by name (the config's): the step's constants, or its
+    inputs `frozen["weights"]` with weights_as_step_inputs."""
+    kd = self.config.output_kd
+    weights = {"nickel": self.nickel.weight, "output_kd_l1": kd.l1,
+               "output_kd_perceptual": kd.perceptual}
+    for name, entry in self.dime.networks.items():
+      weights.update({f"dime_{name}_first": entry.first_weight,
+                      f"dime_{name}_second": entry.second_weight})
+    return {k: float(v) for k, v in weights.items()}
+
+  def _dime_weight_names(self) -> list[str]:
+    return [f"dime_{name}_{moment}" for name in self.dime.networks
+            for moment in ("first", "second")]
+
+  def _compiled(self, term: str) -> bool:
+    """Whether the step computes `term` ("dime" or a `loss_weights` name) at all."""
+    if term == "dime":
+      return self.dime.form != "none"
+    return self.weights_as_inputs or bool(self.loss_weights()[term])
+
+  def _weight(self, frozen, name: str):
+    return frozen["weights"][name] if self.weights_as_inputs else self.loss_weights()[name]
+
+  def _unless_zero(self, frozen, names, compute):
+    """compute(), the value of terms weighted by `names`. With weights as step inputs, a run-time
+    branch: zeros of its shapes when every one of those weights is 0, so the term costs nothing
+    then (gradients flow through the branch taken)."""
+    if not self.weights_as_inputs:
+      return compute()
+    active = functools.reduce(jnp.logical_or, [frozen["weights"][n] != 0 for n in names])
+    zeros = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                           jax.eval_shape(compute))
+    return jax.lax.cond(active, compute, zeros)
 
   def _teacher_variables(self) -> tuple[Any, Any]:
     """(G_T variables, D_T variables) from the pickle or the run, checked against this config."""
@@ -263,8 +301,10 @@ class NickelDiMe(StyleGAN2):
         frozen["phi"][name] = embedding.variables
         if self.dime.form == "moments":
           frozen["targets"][name] = self._moment_targets(g_t, embedding)
-    if self.config.output_kd.perceptual:
+    if self._compiled("output_kd_perceptual"):
       frozen["kd_phi"] = self._kd_embedding().variables
+    if self.weights_as_inputs:
+      frozen["weights"] = {k: jnp.asarray(v, jnp.float32) for k, v in self.loss_weights().items()}
     if not restoring:
       frozen["init"] = {"D_T": jax.tree_util.tree_map(jnp.asarray, d_t),
                         "G_S": self.pruned_student(jax.device_get(g_t))}
@@ -356,7 +396,7 @@ class NickelDiMe(StyleGAN2):
     d_s = {"net": self.discriminator.init(keys[1], batch["image"][:1], c)["params"],
            "adapter": {}}
     g_chans, d_chans = self._feature_channels()
-    if self.nickel.weight and g_chans != d_chans:
+    if self._compiled("nickel") and g_chans != d_chans:
       res = self.nickel.resolution
       d_s["adapter"] = Adapter(g_chans).init(keys[2], jnp.zeros((1, res, res, d_chans)))["params"]
     d_t = frozen["init"]["D_T"]["params"] if "init" in frozen else jax.tree_util.tree_map(
@@ -421,12 +461,14 @@ class NickelDiMe(StyleGAN2):
         second = nickel_dime.moment_matching_loss(phi, targets["first"], targets["second"],
                                                   micro_batch=self.dime.micro_batch,
                                                   weights=(0.0, 1.0))
-        total += embedding.first_weight * first + embedding.second_weight * second
+        total += (self._weight(frozen, f"dime_{name}_first") * first
+                  + self._weight(frozen, f"dime_{name}_second") * second)
         metrics.update({f"G/dime_{name}_first": first, f"G/dime_{name}_second": second})
       else:
         phi_t = embedding.apply(frozen["phi"][name], teacher_images)
         mmd = nickel_dime.mmd_rbf(phi, phi_t, self.dime.mmd_bandwidths)
-        total += (embedding.first_weight + embedding.second_weight) * mmd
+        total += (self._weight(frozen, f"dime_{name}_first")
+                  + self._weight(frozen, f"dime_{name}_second")) * mmd
         metrics[f"G/dime_{name}_mmd"] = mmd
     return total, metrics
 
@@ -435,10 +477,10 @@ class NickelDiMe(StyleGAN2):
               frozen=None):
     z_key, run_key = jax.random.split(key)
     z, c = self._latents(z_key, batch_size), self._labels(batch_size)
-    kd = self.config.output_kd
-    need_teacher = self.dime.form == "mmd" or kd.l1 or kd.perceptual
-    teacher_images = (self._teacher_images(frozen["teacher"], z, c, run_key)
-                      if need_teacher else None)
+    kd_terms = [t for t in ("output_kd_l1", "output_kd_perceptual") if self._compiled(t)]
+    teacher_for = kd_terms + (self._dime_weight_names() if self.dime.form == "mmd" else [])
+    teacher_images = self._unless_zero(frozen, teacher_for, lambda: self._teacher_images(
+        frozen["teacher"], z, c, run_key)) if teacher_for else None
 
     def loss(params):
       images, buffers = self._run_generator(params, g.batch_stats, z, c, run_key)
@@ -447,17 +489,21 @@ class NickelDiMe(StyleGAN2):
       adv_s, adv_t = jnp.mean(jax.nn.softplus(-logits_s)), jnp.mean(jax.nn.softplus(-logits_t))
       total, metrics = adv_s + adv_t, {"G/adversarial_student_d": adv_s,
                                        "G/adversarial_teacher_d": adv_t}
-      if self.dime.form != "none":
-        dime, dime_metrics = self._dime_loss(images, teacher_images, frozen)
+      if self._compiled("dime"):
+        dime, dime_metrics = self._unless_zero(frozen, self._dime_weight_names(), lambda: (
+            self._dime_loss(images, teacher_images, frozen)))
         total, metrics = total + dime, {**metrics, **dime_metrics, "G/dime": dime}
-      if kd.l1:
-        l1 = jnp.mean(jnp.abs(images - teacher_images))
-        total, metrics = total + kd.l1 * l1, {**metrics, "G/output_kd_l1": l1}
-      if kd.perceptual:  # L1 between the student's and the teacher's features, same latents.
+      if self._compiled("output_kd_l1"):
+        l1 = self._unless_zero(frozen, ["output_kd_l1"],
+                               lambda: jnp.mean(jnp.abs(images - teacher_images)))
+        total = total + self._weight(frozen, "output_kd_l1") * l1
+        metrics = {**metrics, "G/output_kd_l1": l1}
+      if self._compiled("output_kd_perceptual"):
+        # L1 between the student's and the teacher's features, same latents.
         phi = self._kd_embedding()
-        distance = jnp.mean(jnp.abs(phi.apply(frozen["kd_phi"], images)
-                                    - phi.apply(frozen["kd_phi"], teacher_images)))
-        total = total + kd.perceptual * distance
+        distance = self._unless_zero(frozen, ["output_kd_perceptual"], lambda: jnp.mean(jnp.abs(
+            phi.apply(frozen["kd_phi"], images) - phi.apply(frozen["kd_phi"], teacher_images))))
+        total = total + self._weight(frozen, "output_kd_perceptual") * distance
         metrics = {**metrics, "G/output_kd_perceptual": distance}
       return total, (buffers, {**metrics, "G/loss": total, "scores/fake": jnp.mean(logits_s)})
 
@@ -471,8 +517,10 @@ class NickelDiMe(StyleGAN2):
     fakes, buffers = self._run_generator(g.params, g.batch_stats, z, c, run_key)
     fakes = jax.lax.stop_gradient(fakes)
     res = self.nickel.resolution
-    teacher_images, teacher_features = (self._teacher_images(
-        frozen["teacher"], z, c, run_key, features=True) if self.nickel.weight else (None, None))
+    nickel_on = self._compiled("nickel")
+    teacher_images, teacher_features = self._unless_zero(frozen, ["nickel"], lambda: (
+        self._teacher_images(frozen["teacher"], z, c, run_key, features=True))
+    ) if nickel_on else (None, None)
 
     def student_d_loss(params):
       fake_logits = self._discriminate(params["net"], fakes, c)
@@ -480,16 +528,18 @@ class NickelDiMe(StyleGAN2):
       value = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
       metrics = {"D_S/adversarial": value, "scores/real": jnp.mean(real_logits),
                  "scores/fake_d_s": jnp.mean(fake_logits)}
-      if self.nickel.weight:
-        _, features = self.discriminator.apply({"params": params["net"]}, teacher_images, c,
-                                               return_features=True)
-        feature = features[res]
-        if params["adapter"]:
-          feature = Adapter(teacher_features[res].shape[-1]).apply(
-              {"params": params["adapter"]}, feature)
-        nickel = nickel_dime.nickel_loss(teacher_features[res], feature, self.nickel.levels)
-        value = value + self.nickel.weight * nickel
-        metrics["D_S/nickel"] = nickel
+      if nickel_on:
+        def nickel():
+          _, features = self.discriminator.apply({"params": params["net"]}, teacher_images, c,
+                                                 return_features=True)
+          feature = features[res]
+          if params["adapter"]:
+            feature = Adapter(teacher_features[res].shape[-1]).apply(
+                {"params": params["adapter"]}, feature)
+          return nickel_dime.nickel_loss(teacher_features[res], feature, self.nickel.levels)
+        distance = self._unless_zero(frozen, ["nickel"], nickel)
+        value = value + self._weight(frozen, "nickel") * distance
+        metrics["D_S/nickel"] = distance
       return value, {**metrics, "D_S/loss": value}
 
     def teacher_d_loss(params):
