@@ -2,8 +2,9 @@
 gets `--verbose` (gankd_jax/console.py: a quiet console by default)."""
 
 import sys
+from typing import Any, Callable
 
-from absl import flags
+from absl import flags, logging
 
 from gankd_jax import console
 
@@ -34,3 +35,20 @@ def parse_flags(argv):
     fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
   console.configure(flags.FLAGS[console.VERBOSE_FLAG].value)
   return remaining
+
+
+def experiment_main(settings_from_flags: Callable[[], Any],
+                    run_experiment: Callable[[Any, str], Any],
+                    setup: Callable[[], None] = lambda: None) -> Callable[[list], None]:
+  """An experiment command's `main` for absl's app.run: its settings from the flags, then
+  `run_experiment(settings, --workdir)` after `setup()`; a ValueError is one line, status 2."""
+  def main(argv):
+    if len(argv) > 1:
+      fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
+    setup()
+    try:
+      run_experiment(settings_from_flags(), flags.FLAGS.workdir)
+    except ValueError as error:
+      fail(str(error).splitlines()[0])
+  return main

@@ -253,10 +253,9 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
     logging.warning("%s", note)
   training_reals = (data.build_dataset(config.data, "train_eval")
                     if evaluation.wants_training_reals(evaluators.distribution_specs()) else None)
-  real_sets = sorted({method.compared_with(role) for role in method.generator_roles},
-                     key=lambda s: (s is not None, s or ""))
   references = attach_references(evaluators, config, num_examples, eval_data.image_shape,
-                                 stats_cache_dir(stats_cache), real_sets)
+                                 stats_cache_dir(stats_cache),
+                                 evaluation.compared_real_sets(method))
   result = evaluation.evaluation_pass(
       method, restored.state, restored.frozen, eval_data, mesh, evaluators, batch_size=batch_size,
       max_examples=num_examples, num_sample_images=num_sample_images,

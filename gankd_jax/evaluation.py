@@ -488,11 +488,15 @@ def evaluation_pass(method, state, frozen, dataset, mesh, evaluators: Evaluators
   return PassResult(results, count, samples.columns(), roles, labels)
 
 
+def compared_real_sets(method) -> list[str | None]:
+  """The real sets the method's generators are compared with (None: the one real set), sorted."""
+  return sorted({method.compared_with(role) for role in method.generator_roles},
+                key=lambda s: (s is not None, s or ""))
+
+
 def _add_training_reals(method, dataset, mesh, passes, batch_size: int) -> None:
   """The real images of `dataset` into the reference side of the passes that want them."""
-  real_sets = sorted({method.compared_with(role) for role in method.generator_roles},
-                     key=lambda s: (s is not None, s or ""))
-  wanting = [p for p in passes if p.needs_training_reals(real_sets)]
+  wanting = [p for p in passes if p.needs_training_reals(compared_real_sets(method))]
   if not wanting:
     return
   if dataset is None:
@@ -507,8 +511,8 @@ def _add_training_reals(method, dataset, mesh, passes, batch_size: int) -> None:
     on_device = reals_step(parallel.global_batch(local, mesh))
     batch = jax.device_get(on_device[0])
     mask_of = functools.partial(_counted_mask, method, batch, np.asarray(batch["mask"], bool))
-    features_of = _feature_cache({}, on_device[1])
     real = on_device[1]
+    features_of = _feature_cache({}, real)
     present = [None] if not isinstance(real, dict) else list(real)
     for evaluator_pass in wanting:
       evaluator_pass.add_training_reals(functools.partial(features_of, evaluator_pass.owner.network),

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import fail, parse_flags
+from gankd_jax.cli import experiment_main, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -397,15 +397,7 @@ def run_experiment(settings: Settings, workdir: str) -> list[dict]:
   return rows
 
 
-def main(argv):
-  if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  try:
-    settings = settings_from_flags()
-    run_experiment(settings, FLAGS.workdir)
-  except ValueError as error:
-    fail(str(error).splitlines()[0])
+main = experiment_main(settings_from_flags, run_experiment)
 
 
 if __name__ == "__main__":

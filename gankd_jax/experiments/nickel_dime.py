@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import fail, parse_flags
+from gankd_jax.cli import experiment_main, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -589,22 +589,17 @@ def settings_from_flags() -> Settings:
       batch_size=FLAGS.batch_size, eval_every=FLAGS.eval_every, num_samples=FLAGS.num_samples)
 
 
-def main(argv):
-  if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
+def _compile_once():
+  """Every arm and seed of a ratio runs the same programs (the weights are step inputs), and a
+  resumed experiment those it ran: XLA:CPU takes minutes per StyleGAN2 step variant, so they are
+  compiled once, into DIR/jit_cache."""
   import jax
-  # Every arm and seed of a ratio runs the same programs (the weights are step inputs), and a
-  # resumed experiment those it ran: XLA:CPU takes minutes per StyleGAN2 step variant, so they
-  # are compiled once.
   jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(FLAGS.workdir),
                                                               "jit_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-  try:
-    settings = settings_from_flags()
-    run_experiment(settings, FLAGS.workdir)
-  except ValueError as error:
-    fail(str(error).splitlines()[0])
+
+
+main = experiment_main(settings_from_flags, run_experiment, setup=_compile_once)
 
 
 if __name__ == "__main__":
