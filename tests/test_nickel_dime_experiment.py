@@ -1,5 +1,6 @@
 """`python -m gankd_jax.experiments.nickel_dime` end to end with a tiny budget (the tiny reference
-teacher pickle of tests/test_nickel_dime.py, two arms, two steps), and its bad input."""
+teacher pickle of tests/test_nickel_dime.py, two arms, two steps), a SIGTERM
+and its resume, and its bad input."""
 from __future__ import annotations
 
 import json
