@@ -1,5 +1,6 @@
 """`python -m gankd_jax.experiments.nickel_dime` end to end with a tiny budget (the tiny reference
-teacher pickle of tests/test_nickel_dime.py, two arms, two steps), and its bad input."""
+teacher pickle of tests/test_nickel_dime.py, two arms, two steps), a SIGTERM
+and its resume, and its bad input."""
 from __future__ import annotations
 
 import json
@@ -106,3 +107,52 @@ def test_command_line_errors_are_one_line():
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "error: --arms: unknown arm 'kd'; choose from " + ", ".join(experiment.ARMS))
+
+
+def test_a_sigterm_stops_the_experiment_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+  """SIGTERM during a run's first step: the loop checkpoints step 1 and run_experiment returns
+  [] with its resume line and no results; called again it resumes that run, finishes and
+  writes the results, the run's final state that of an uninterrupted run."""
+  import signal
+
+  import jax
+  import numpy as np
+
+  from gankd_jax import checkpointing, runs as runs_lib, train
+
+  settings = tiny_settings(arms=["adversarial"])  # The cheapest arm: resuming is the same.
+  name = experiment.run_name("adversarial", 0.5, 0)
+  run_dir = str(tmp_path / "runs" / name)
+  outside_the_loop = signal.getsignal(signal.SIGTERM)
+  make_train_step = train.make_train_step
+  sent = []
+
+  def make_step_that_signals(*args):
+    step = make_train_step(*args)
+
+    def signalling(*step_args):
+      out = step(*step_args)
+      if not sent:  # Once, inside the first step; the loop's own handler must be the one hit.
+        assert signal.getsignal(signal.SIGTERM) is not outside_the_loop
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+      return out
+    return signalling
+
+  monkeypatch.setattr(train, "make_train_step", make_step_that_signals)
+  assert experiment.run_experiment(settings, str(tmp_path)) == []
+  assert sent and signal.getsignal(signal.SIGTERM) is outside_the_loop
+  assert f"stopped in {name} at step 1; run the same command again" in capsys.readouterr().out
+  assert checkpointing.latest_step(run_dir) == 1
+  assert not (tmp_path / "results.json").exists()
+
+  rows = experiment.run_experiment(settings, str(tmp_path))  # `sent`: no second signal.
+  assert [r["arm"] for r in rows] == ["teacher", "adversarial"]
+  assert json.loads((tmp_path / "results.json").read_text()) == rows
+  assert checkpointing.latest_step(run_dir) == 2
+  # The same run uninterrupted (its config from the same plan) ends in the same state.
+  whole = str(tmp_path / "whole")
+  train.train_and_evaluate(experiment.plan(settings, str(tmp_path))[0].config, whole)
+  for a, b in zip(jax.tree_util.tree_leaves(runs_lib.restore_run(whole).state),
+                  jax.tree_util.tree_leaves(runs_lib.restore_run(run_dir).state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
