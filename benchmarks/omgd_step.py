@@ -4,8 +4,10 @@
 
 Random inputs at the config's image size; the VGG16 perceptual terms are timed with randomly
 initialised VGG weights when no weights file is found (timing only: training never does this).
-Reports the median of --steps timed steps after --warmup steps (compilation excluded).
-The PyTorch reference (bytedance/OMGD, 2 CPU threads, 256x256, batch 4): 12.5 s and 6.1 s.
+Reports the median of --steps timed steps after --warmup steps (compilation excluded), and the
+step's GMAC/s (XLA's count of its multiply-adds, gankd_jax/stats.py `executed_macs`, over that
+time: compare with the machine's peak). Time the PyTorch reference beside it in the same sitting
+(benchmarks/README.md): times from another hour are not comparable.
 """
 
 import json
@@ -25,11 +27,15 @@ config_flags.DEFINE_config_file("config", "configs/omgd.py:unet_s16", "Config (o
 flags.DEFINE_integer("batch_size", 4, "Global batch size.")
 flags.DEFINE_integer("warmup", 1, "Untimed steps per kind after compilation.")
 flags.DEFINE_integer("steps", 3, "Timed steps per kind (median reported).")
-flags.DEFINE_bool("json", False, "Print {\"full_step_s\": x, \"student_step_s\": y} as the last line.")
+flags.DEFINE_bool("json", False, "Print {\"full_step_s\": x, \"student_step_s\": y, ...} as the last "
+                  "line.")
 
 
 def time_step(step_fn, state, batch, frozen, warmup, steps):
+  """(median seconds, GMAC per step, the state after)."""
   import jax
+  from gankd_jax import stats
+  gmac = stats.executed_macs(step_fn, state, batch, frozen) / 1e9
   state, _ = step_fn(state, batch, frozen)  # Compile.
   jax.block_until_ready(state)
   for _ in range(warmup):
@@ -41,7 +47,7 @@ def time_step(step_fn, state, batch, frozen, warmup, steps):
     state, metrics = step_fn(state, batch, frozen)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2], state
+  return sorted(times)[len(times) // 2], gmac, state
 
 
 def main(argv):
@@ -76,16 +82,20 @@ def main(argv):
   frozen = parallel.replicate(frozen, mesh)
   state = jax.jit(method.init_state, out_shardings=parallel.replicated(mesh))(keys[2], batch, frozen)
 
-  full, state = time_step(train.make_train_step(method, mesh, method.phase(0)), state, batch, frozen,
+  full, full_gmac, state = time_step(train.make_train_step(method, mesh, method.phase(0)), state, batch, frozen,
                           FLAGS.warmup, FLAGS.steps)
-  student, state = time_step(train.make_train_step(method, mesh, method.phase(1)), state, batch,
+  student, student_gmac, state = time_step(train.make_train_step(method, mesh, method.phase(1)), state, batch,
                              frozen, FLAGS.warmup, FLAGS.steps)
   print(f"{size}x{size}, batch {FLAGS.batch_size}, {mesh.size} device(s) "
         f"({jax.devices()[0].platform}), {vgg_note}" + (f"; {xla_note}" if xla_note else ""))
-  print(f"full step (teachers + D + student): {full:.3f} s   (PyTorch reference on 2 CPU cores: 12.5 s)")
-  print(f"student-only step:                  {student:.3f} s   (PyTorch reference: 6.1 s)")
+  print(f"full step (teachers + D + student): {full:.3f} s  {full_gmac:8.1f} GMAC  "
+        f"{full_gmac / full:6.1f} GMAC/s")
+  print(f"student-only step:                  {student:.3f} s  {student_gmac:8.1f} GMAC  "
+        f"{student_gmac / student:6.1f} GMAC/s")
   if FLAGS.json:
-    print(json.dumps({"full_step_s": round(full, 4), "student_step_s": round(student, 4)}))
+    print(json.dumps({"full_step_s": round(full, 4), "student_step_s": round(student, 4),
+                      "full_step_gmac": round(full_gmac, 2),
+                      "student_step_gmac": round(student_gmac, 2)}))
 
 
 if __name__ == "__main__":

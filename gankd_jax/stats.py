@@ -55,6 +55,13 @@ def _sub_jaxprs(eqn):
         yield candidate
 
 
+def executed_macs(jitted: Callable[..., Any], *args) -> float:
+  """Multiply-adds of one call of a jitted function as its program does them (XLA's cost
+  analysis of the lowered program: flops / 2, elementwise work included, our routings as they
+  run), for a benchmark's GMAC/s next to the machine's peak."""
+  return float(jitted.lower(*args).cost_analysis()["flops"]) / 2
+
+
 def jaxpr_macs(jaxpr) -> int:
   """Multiply-accumulates of convolutions and dot products in a jaxpr, nested jaxprs included."""
   total = 0
