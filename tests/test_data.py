@@ -303,21 +303,31 @@ def embedded_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded_splits(embedded_cache):
   transform = paired.PairTransform(crop_size=64, load_size=64, flip=True, train=True)
-  return {split: embedded.EmbeddedEdgesToPhoto(split, transform, cache_dir=embedded_cache)
+  return {split: embedded.EmbeddedPhotoPairs(split, transform, cache_dir=embedded_cache)
           for split in ("train", "test")}
 
 
-def test_embedded_sizes_shapes_and_values(embedded_splits):
+def test_embedded_sizes_shapes_and_values(embedded_splits, embedded_cache):
+  """The default task: A is B's luminance (3 equal channels); edges2photo's A is a sparse
+  black-on-white edge map of the same photos."""
   train, test = embedded_splits["train"], embedded_splits["test"]
-  assert train.num_examples >= 1000 and test.num_examples >= 100
+  assert train.task == "grey2photo" and train.num_examples >= 1000 and test.num_examples >= 100
   assert train.image_shape == (64, 64, 3)
-  edges, photo = train.get(0)
-  assert edges.dtype == photo.dtype == np.uint8 and edges.shape == photo.shape == (64, 64, 3)
-  assert set(np.unique(train.a[::50])) <= {0, 255}  # black edges on white
-  np.testing.assert_array_equal(edges[..., 0], edges[..., 2])
-  assert 0.002 < np.mean(train.a == 0) < 0.3  # sparse outlines, not empty, not noise
+  grey, photo = train.get(0)
+  assert grey.dtype == photo.dtype == np.uint8 and grey.shape == photo.shape == (64, 64, 3)
+  for index in (0, 500, train.num_examples - 1):
+    a, b = train.get(index)
+    expected = np.rint(b.astype(np.float64) @ [0.299, 0.587, 0.114])  # ITU-R 601 luma
+    assert np.abs(a[..., 0] - expected).max() <= 1
+    np.testing.assert_array_equal(a[..., 0], a[..., 2])
   a, b = train.example(5, np.random.default_rng(0))
   assert a.dtype == np.float32 and -1.0 <= a.min() and a.max() <= 1.0 and b.shape == (64, 64, 3)
+  edges = embedded.load_pairs("test", 64, task="edges2photo", cache_dir=embedded_cache)
+  np.testing.assert_array_equal(edges["B"], test.b)
+  assert set(np.unique(edges["A"][::20])) <= {0, 255}  # black edges on white
+  assert 0.002 < np.mean(edges["A"] == 0) < 0.3  # sparse outlines, not empty, not noise
+  with pytest.raises(ValueError, match="unknown embedded task 'sketch2photo'"):
+    embedded.load_pairs("test", 64, task="sketch2photo", cache_dir=embedded_cache)
 
 
 def test_embedded_split_is_disjoint_by_region(embedded_splits):
@@ -383,23 +393,23 @@ def test_embedded_is_deterministic_and_cached(embedded_splits, embedded_cache, m
   np.testing.assert_array_equal(swapped.get(3)[0], dataset.get(3)[1])
 
 
-def test_default_config_builds_flipped_edges_to_photo_at_64(embedded_splits, embedded_cache,
-                                                           monkeypatch):
-  """What the defaults do: the embedded set, A = edge map, 64x64 without resize or crop, train
-  examples flipped at random (both ways occur), eval examples never."""
+def test_default_config_builds_flipped_grey_to_photo_at_64(embedded_splits, embedded_cache,
+                                                          monkeypatch):
+  """What the defaults do: the embedded set, A = the photo's luminance, 64x64 without resize or
+  crop, train examples flipped at random (both ways occur), eval examples never."""
   monkeypatch.setenv("GANKD_CACHE", embedded_cache)
   config = data.default_data_config()
   assert isinstance(config, ml_collections.ConfigDict)
   train, test = data.build_dataset(config, "train"), data.build_dataset(config, "eval")
-  assert isinstance(train, embedded.EmbeddedEdgesToPhoto) and train.image_shape == (64, 64, 3)
+  assert isinstance(train, embedded.EmbeddedPhotoPairs) and train.image_shape == (64, 64, 3)
+  assert config.name == "embedded_grey2photo" and train.task == "grey2photo"
   np.testing.assert_array_equal(train.a, embedded_splits["train"].a)
-  assert set(np.unique(train.get(0)[0])) <= {0, 255}  # AtoB: A is the black-on-white edge map
-  edges, photo = (unit(x) for x in train.get(7))
+  grey, photo = (unit(x) for x in train.get(7))
   flips = set()
   for seed in range(16):
     a, b = train.example(7, np.random.default_rng(seed))
-    flipped = not np.allclose(a, edges, atol=1e-6)
-    np.testing.assert_allclose(a, edges[:, ::-1] if flipped else edges, atol=1e-6)
+    flipped = not np.allclose(a, grey, atol=1e-6)
+    np.testing.assert_allclose(a, grey[:, ::-1] if flipped else grey, atol=1e-6)
     np.testing.assert_allclose(b, photo[:, ::-1] if flipped else photo, atol=1e-6)
     flips.add(flipped)
   assert flips == {False, True}
