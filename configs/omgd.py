@@ -1,8 +1,9 @@
 """OMGD: online multi-granularity distillation for paired image-to-image translation.
 
 Variants (`--config=configs/omgd.py:NAME`):
-  (none)      embedded edges->photo data at 64x64, the U-Net family with instance norm, widths
-              that train in about 11 minutes on a 2-core CPU;
+  (none)      embedded grey->photo data at 64x64 (colourising crops of bundled photos), the
+              U-Net family with instance norm, widths that train in about 11 minutes on a
+              2-core CPU;
   unet64      the same with the reference's batch norm;
   resnet64    the same data with the ResNet family (mobile_resnet, instance norm as the reference);
   unet_s16, unet_s12, unet_s8, resnet_s16, resnet_s12, resnet_s8
@@ -88,7 +89,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.checkpoint_every = 250
   config.best_checkpoint_metric = "student/psnr"  # The student against the ground truth.
 
-  # Embedded edges->photo pairs at 64x64 (no download); a data.path selects pix2pix_folder.
+  # Embedded grey->photo pairs at 64x64 (no download; data.name=embedded_edges2photo gives
+  # edge maps as A instead); a data.path selects pix2pix_folder.
   config.data = data.default_data_config()
   config.data.num_threads = 4
 

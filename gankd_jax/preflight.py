@@ -6,9 +6,10 @@ file system and PIL, and the command line runs it before those imports; `train.p
 again (cheap: image checks are cached) for callers that skip the command line.
 
 It also applies the data-source rule: a given `data.path` selects the folder source of the
-config's data family (`embedded_edges2photo` -> `pix2pix_folder`, `digits` -> `image_folder`,
-`embedded_unpaired` -> `cycle_gan_folder`), so a path is never silently ignored, and config.json
-records the source actually used; a path beside a TFDS name is an error naming the conflict.
+config's data family (`embedded_grey2photo` and `embedded_edges2photo` -> `pix2pix_folder`,
+`digits` -> `image_folder`, `embedded_unpaired` -> `cycle_gan_folder`), so a path is never
+silently ignored, and config.json records the source actually used; a path beside a TFDS name is
+an error naming the conflict.
 Image folders are decoded in full here (data/images.py), so a truncated file fails before a
 workdir is made.
 """
@@ -21,7 +22,7 @@ from gankd_jax import data
 from gankd_jax.data import digits, embedded, unconditional, unpaired
 
 # The folder source that a data.path selects, per embedded source of each data family.
-FOLDER_SOURCE = {embedded.DATASET_NAME: data.FOLDER_NAME,
+FOLDER_SOURCE = {**{name: data.FOLDER_NAME for name in embedded.DATASET_NAMES},
                  digits.DATASET_NAME: unconditional.FOLDER_NAME,
                  unpaired.EMBEDDED_NAME: unpaired.FOLDER_NAME}
 FOLDER_SOURCES = (data.FOLDER_NAME, unconditional.FOLDER_NAME, unpaired.FOLDER_NAME)

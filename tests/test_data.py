@@ -303,35 +303,85 @@ def embedded_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded_splits(embedded_cache):
   transform = paired.PairTransform(crop_size=64, load_size=64, flip=True, train=True)
-  return {split: embedded.EmbeddedEdgesToPhoto(split, transform, cache_dir=embedded_cache)
+  return {split: embedded.EmbeddedPhotoPairs(split, transform, cache_dir=embedded_cache)
           for split in ("train", "test")}
 
 
-def test_embedded_sizes_shapes_and_values(embedded_splits):
+def test_embedded_sizes_shapes_and_values(embedded_splits, embedded_cache):
+  """The default task: A is B's luminance (3 equal channels); edges2photo's A is a sparse
+  black-on-white edge map of the same photos."""
   train, test = embedded_splits["train"], embedded_splits["test"]
-  assert train.num_examples >= 1000 and test.num_examples >= 100
+  assert train.task == "grey2photo" and train.num_examples >= 1000 and test.num_examples >= 100
   assert train.image_shape == (64, 64, 3)
-  edges, photo = train.get(0)
-  assert edges.dtype == photo.dtype == np.uint8 and edges.shape == photo.shape == (64, 64, 3)
-  assert set(np.unique(train.a[::50])) <= {0, 255}  # black edges on white
-  np.testing.assert_array_equal(edges[..., 0], edges[..., 2])
-  assert 0.002 < np.mean(train.a == 0) < 0.3  # sparse outlines, not empty, not noise
+  grey, photo = train.get(0)
+  assert grey.dtype == photo.dtype == np.uint8 and grey.shape == photo.shape == (64, 64, 3)
+  for index in (0, 500, train.num_examples - 1):
+    a, b = train.get(index)
+    expected = np.rint(b.astype(np.float64) @ [0.299, 0.587, 0.114])  # ITU-R 601 luma
+    assert np.abs(a[..., 0] - expected).max() <= 1
+    np.testing.assert_array_equal(a[..., 0], a[..., 2])
   a, b = train.example(5, np.random.default_rng(0))
   assert a.dtype == np.float32 and -1.0 <= a.min() and a.max() <= 1.0 and b.shape == (64, 64, 3)
+  edges = embedded.load_pairs("test", 64, task="edges2photo", cache_dir=embedded_cache)
+  np.testing.assert_array_equal(edges["B"], test.b)
+  assert set(np.unique(edges["A"][::20])) <= {0, 255}  # black edges on white
+  assert 0.002 < np.mean(edges["A"] == 0) < 0.3  # sparse outlines, not empty, not noise
+  with pytest.raises(ValueError, match="unknown embedded task 'sketch2photo'"):
+    embedded.load_pairs("test", 64, task="sketch2photo", cache_dir=embedded_cache)
 
 
-def test_embedded_split_is_disjoint_by_photo(embedded_splits):
-  train_sources = set(embedded_splits["train"].source_names)
-  test_sources = set(embedded_splits["test"].source_names)
-  assert train_sources and test_sources and not train_sources & test_sources
-  assert "motorcycle" in train_sources  # both stereo views of one scene stay in one split
+def test_embedded_split_is_disjoint_by_region(embedded_splits):
+  """Every photo gives both splits; no training crop's box meets a test crop's box in the same
+  photo's pixels (the two motorcycle views share one pixel frame here, which the stereo rule of
+  the module doc needs); test crops lie in the left strip, training crops right of it."""
+  train, test = embedded_splits["train"], embedded_splits["test"]
+  assert set(train.source_names) == set(test.source_names) == set(embedded.SOURCES)
+  for name in embedded.SOURCES:
+    train_boxes = train.boxes[np.asarray(train.source_names) == name]
+    test_boxes = test.boxes[np.asarray(test.source_names) == name]
+    assert len(train_boxes) > len(test_boxes) > 0
+    column = test_boxes[:, 2].max()
+    assert column <= train_boxes[:, 0].min()  # a vertical boundary between the splits
+    # Pairwise: boxes overlap when both their x and y intervals do.
+    x_meet = ((train_boxes[:, None, 0] < test_boxes[None, :, 2])
+              & (test_boxes[None, :, 0] < train_boxes[:, None, 2]))
+    y_meet = ((train_boxes[:, None, 1] < test_boxes[None, :, 3])
+              & (test_boxes[None, :, 1] < train_boxes[:, None, 3]))
+    assert not np.any(x_meet & y_meet), name
+  # The motorcycle's right view adds training crops only (the first view's are listed first).
+  motorcycle = np.asarray(train.source_names) == "motorcycle"
+  views = np.split(train.boxes[motorcycle], 2)
+  np.testing.assert_array_equal(views[0], views[1])
+  assert (np.asarray(test.source_names) == "motorcycle").sum() < len(views[0])
+
+
+def test_embedded_crops_never_read_across_the_split(tmp_path):
+  """The bicubic filter reads only its own region: a photo black in the held-out strip and white
+  elsewhere gives all-black test crops and all-white training crops, even at the boundary."""
+  width, height = 200, 120
+  photo = np.full((height, width, 3), 255, np.uint8)
+  column = embedded.split_region("test", width, height)[2]
+  assert column == round(embedded.HOLDOUT_FRACTION * width) == 50
+  photo[:, :column] = 0
+  path = str(tmp_path / "split.png")
+  Image.fromarray(photo).save(path)
+  crops = {split: embedded.photo_crops(path, split, 16, embedded.CROP_SCALES)
+           for split in ("train", "test")}
+  test_crops, test_boxes = crops["test"]
+  train_crops, train_boxes = crops["train"]
+  assert len(test_crops) == len(test_boxes) > 0 and len(train_crops) == len(train_boxes) > 0
+  assert test_boxes[:, 2].max() == column == train_boxes[:, 0].min()  # crops touch the line
+  assert test_crops.max() == 0 and train_crops.min() == 255
+  # Sides are the same fractions of the short side in both regions; the strip takes the small ones.
+  sides = {split: set((boxes[:, 2] - boxes[:, 0]).tolist()) for split, (_, boxes) in crops.items()}
+  assert sides["test"] == {22, 30, 42} and sides["test"] < sides["train"]
 
 
 def test_embedded_is_deterministic_and_cached(embedded_splits, embedded_cache, monkeypatch):
-  fresh = embedded.build_pairs(embedded.TEST_SOURCES, 64, embedded.CROP_SCALES,
-                               embedded.default_edge_sigma(64))
+  fresh = embedded.build_pairs("test", 64, embedded.CROP_SCALES, embedded.default_edge_sigma(64))
   np.testing.assert_array_equal(fresh["A"], embedded_splits["test"].a)
   np.testing.assert_array_equal(fresh["B"], embedded_splits["test"].b)
+  np.testing.assert_array_equal(fresh["box"], embedded_splits["test"].boxes)
   assert any(name.endswith(".npz") for name in os.listdir(embedded_cache))
   monkeypatch.setenv("GANKD_CACHE", embedded_cache)
   assert embedded.default_cache_dir() == embedded_cache
@@ -343,23 +393,23 @@ def test_embedded_is_deterministic_and_cached(embedded_splits, embedded_cache, m
   np.testing.assert_array_equal(swapped.get(3)[0], dataset.get(3)[1])
 
 
-def test_default_config_builds_flipped_edges_to_photo_at_64(embedded_splits, embedded_cache,
-                                                           monkeypatch):
-  """What the defaults do: the embedded set, A = edge map, 64x64 without resize or crop, train
-  examples flipped at random (both ways occur), eval examples never."""
+def test_default_config_builds_flipped_grey_to_photo_at_64(embedded_splits, embedded_cache,
+                                                          monkeypatch):
+  """What the defaults do: the embedded set, A = the photo's luminance, 64x64 without resize or
+  crop, train examples flipped at random (both ways occur), eval examples never."""
   monkeypatch.setenv("GANKD_CACHE", embedded_cache)
   config = data.default_data_config()
   assert isinstance(config, ml_collections.ConfigDict)
   train, test = data.build_dataset(config, "train"), data.build_dataset(config, "eval")
-  assert isinstance(train, embedded.EmbeddedEdgesToPhoto) and train.image_shape == (64, 64, 3)
+  assert isinstance(train, embedded.EmbeddedPhotoPairs) and train.image_shape == (64, 64, 3)
+  assert config.name == "embedded_grey2photo" and train.task == "grey2photo"
   np.testing.assert_array_equal(train.a, embedded_splits["train"].a)
-  assert set(np.unique(train.get(0)[0])) <= {0, 255}  # AtoB: A is the black-on-white edge map
-  edges, photo = (unit(x) for x in train.get(7))
+  grey, photo = (unit(x) for x in train.get(7))
   flips = set()
   for seed in range(16):
     a, b = train.example(7, np.random.default_rng(seed))
-    flipped = not np.allclose(a, edges, atol=1e-6)
-    np.testing.assert_allclose(a, edges[:, ::-1] if flipped else edges, atol=1e-6)
+    flipped = not np.allclose(a, grey, atol=1e-6)
+    np.testing.assert_allclose(a, grey[:, ::-1] if flipped else grey, atol=1e-6)
     np.testing.assert_allclose(b, photo[:, ::-1] if flipped else photo, atol=1e-6)
     flips.add(flipped)
   assert flips == {False, True}

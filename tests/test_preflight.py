@@ -57,7 +57,7 @@ def test_data_path_selects_the_folder_source(tmp_path, family, folder_name):
   if family == "omgd":
     path = pairs_folder(tmp_path / "pairs")
     config = tiny_omgd_config(**{"data.path": path})
-    assert config.data.name == "embedded_edges2photo"
+    assert config.data.name == "embedded_grey2photo"
   else:
     path = str(tmp_path / "faces")
     write_images(tmp_path / "faces", 4, 20, 20)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import ml_collections
 
 from gankd_jax.data import digits, unconditional, unpaired
-from gankd_jax.data.embedded import DATASET_NAME as EMBEDDED_NAME
-from gankd_jax.data.embedded import EmbeddedEdgesToPhoto
+from gankd_jax.data import embedded
+from gankd_jax.data.embedded import EmbeddedPhotoPairs
 from gankd_jax.data.paired import (AlignedFolderDataset, PairedDataset, PairTransform,
                                    build_aligned_folder, make_pair_transform)
 from gankd_jax.data.pipeline import GlobalBatchIterator, eval_batches, num_eval_steps
@@ -23,22 +23,23 @@ from gankd_jax.data.pipeline import GlobalBatchIterator, eval_batches, num_eval_
 FOLDER_NAME = "pix2pix_folder"
 UNCONDITIONAL_NAMES = (digits.DATASET_NAME, *unconditional.TFDS_NAMES, unconditional.FOLDER_NAME)
 UNPAIRED_NAMES = unpaired.DATASET_NAMES
-DATASET_NAMES = (EMBEDDED_NAME, FOLDER_NAME, *UNCONDITIONAL_NAMES, *UNPAIRED_NAMES)
+EMBEDDED_NAMES = embedded.DATASET_NAMES  # grey2photo (the default) and edges2photo
+DATASET_NAMES = (*EMBEDDED_NAMES, FOLDER_NAME, *UNCONDITIONAL_NAMES, *UNPAIRED_NAMES)
 # train_eval: the training images prepared as for evaluation (no randomness), for an evaluator
 # whose reference side is train + eval (unpaired data only).
 SPLITS = ("train", "eval", "val", "test", "train_eval")
 
 __all__ = [
-    "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedEdgesToPhoto", "GlobalBatchIterator",
+    "AlignedFolderDataset", "DATASET_NAMES", "EmbeddedPhotoPairs", "GlobalBatchIterator",
     "PairTransform", "PairedDataset", "build_dataset", "default_data_config", "eval_batches",
     "num_eval_steps", "unconditional_data_config", "unpaired_data_config",
 ]
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """Data config with defaults: the embedded edges->photo set at 64x64."""
+  """Data config with defaults: the embedded grey->photo set at 64x64."""
   return ml_collections.ConfigDict({
-      "name": EMBEDDED_NAME,
+      "name": embedded.DATASET_NAME,  # embedded_grey2photo | embedded_edges2photo | pix2pix_folder
       "path": ml_collections.FieldReference(None, field_type=str),
       "direction": "AtoB",
       "load_size": ml_collections.FieldReference(None, field_type=int),  # None: crop_size
@@ -96,11 +97,12 @@ def build_dataset(data_config, split: str):
     return unconditional.build(data_config, split)
   if name in UNPAIRED_NAMES:
     return unpaired.build(data_config, split)
-  if name == EMBEDDED_NAME:
+  if name in EMBEDDED_NAMES:
     transform = make_pair_transform(data_config.crop_size, data_config.get("load_size"),
                                     data_config.get("flip", True), train=split == "train")
-    return EmbeddedEdgesToPhoto("train" if split == "train" else "test", transform,
-                                direction=data_config.get("direction", "AtoB"))
+    return EmbeddedPhotoPairs("train" if split == "train" else "test", transform,
+                              task=embedded.task_of(name),
+                              direction=data_config.get("direction", "AtoB"))
   if name == FOLDER_NAME:
     return build_aligned_folder(
         data_config.get("path"), split, direction=data_config.get("direction", "AtoB"),
