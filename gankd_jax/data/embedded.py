@@ -131,15 +131,14 @@ def luminance(photo: np.ndarray) -> np.ndarray:
 
 
 def input_image(task: str, photo: np.ndarray, edge_sigma: float) -> np.ndarray:
-  """A of one pair: the photo's luminance (grey2photo) or its edge map (edges2photo)."""
-  check_task(task)
+  """A of one pair: the photo's luminance (grey2photo) or its edge map (edges2photo); `task`
+  checked by the caller."""
   return luminance(photo) if task == "grey2photo" else edge_map(photo, edge_sigma)
 
 
-def check_task(task: str) -> str:
+def check_task(task: str) -> None:
   if task not in TASKS:
     raise ValueError(f"unknown embedded task {task!r}; choices: {', '.join(TASKS)}")
-  return task
 
 
 def task_of(dataset_name: str) -> str:
