@@ -11,7 +11,9 @@ depend on the values), batch 1, eval mode, median of --iters calls after --warmu
   mobile_resnet_ngf16   OMGD's CycleGAN / ResNet student (instance norm, 9 blocks)
   resnet_9blocks_ngf64  the CycleGAN teacher (instance norm)
 
-Ours run through `gankd_jax.metrics.latency` (compiled, XLA:CPU, every core it sees). With
+Ours run through `gankd_jax.metrics.latency`: the inference path (gankd_jax/inference.py: weights
+as compile-time constants, forward-only layer forms, the XLA:CPU options for forward passes),
+every core it sees, in --precision. With
 --reference (a bytedance/OMGD checkout; none of its code is in this repository) and
 --torch_python (an interpreter with torch), the same modules in PyTorch are timed by
 --torch_script (default: ../shared/reference/latency_torch.py beside this repository: torch with
@@ -38,6 +40,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 256, "Image side.")
 flags.DEFINE_list("families", list(FAMILIES), "Which generators to time.")
 flags.DEFINE_integer("iters", 20, "Timed calls per generator (median reported).")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Ours in this config.precision.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls first.")
 flags.DEFINE_integer("rounds", 2, "Alternations of ours and PyTorch's (with --reference).")
 flags.DEFINE_string("reference", "", "A bytedance/OMGD checkout, to time PyTorch's modules too.")
@@ -58,7 +61,7 @@ def generator_fields(family: str, size: int) -> dict:
           "resnet_9blocks_ngf64": dict(name="resnet_9blocks", ngf=64, norm="instance")}[family]
 
 
-def time_ours(families, size: int, iters: int, warmup: int) -> dict[str, float]:
+def time_ours(families, size: int, iters: int, warmup: int, precision: str) -> dict[str, float]:
   import jax
   import jax.numpy as jnp
   from gankd_jax import models
@@ -69,7 +72,7 @@ def time_ours(families, size: int, iters: int, warmup: int) -> dict[str, float]:
     module = models.build_generator(**generator_fields(family, size))
     variables = module.init(jax.random.key(0), x, train=False)
     result = measure_latency(lambda v, x, m=module: m.apply(v, x, train=False), variables,
-                             (size, size, 3), warmup=warmup, iters=iters)
+                             (size, size, 3), warmup=warmup, iters=iters, precision=precision)
     out[family] = result["median_ms"]
   return out
 
@@ -99,12 +102,13 @@ def main(argv):
       if not path or not kind(path):
         fail(f"{flag}: not found: {path or '(unset)'} (--reference needs all three)")
   from gankd_jax import xla_cpu
-  xla_cpu.configure(FLAGS.size)
+  xla_cpu.configure(inference=True)
   import jax
 
   ours, theirs = {}, {}
   for _ in range(FLAGS.rounds if FLAGS.reference else 1):
-    for family, ms in time_ours(FLAGS.families, FLAGS.size, FLAGS.iters, FLAGS.warmup).items():
+    for family, ms in time_ours(FLAGS.families, FLAGS.size, FLAGS.iters, FLAGS.warmup,
+                                FLAGS.precision).items():
       ours[family] = min(ms, ours.get(family, float("inf")))
     if FLAGS.reference:
       for family, ms in time_reference(FLAGS.size).items():
@@ -117,11 +121,13 @@ def main(argv):
     rows.append(row)
   print(f"batch 1, {FLAGS.size}x{FLAGS.size}, median of {FLAGS.iters} after {FLAGS.warmup} "
         f"warm-up calls, best of {FLAGS.rounds if theirs else 1} round(s); ours on "
-        f"{jax.default_backend()}" + (", PyTorch with 2 threads" if theirs else ""))
+        f"{jax.default_backend()} in {FLAGS.precision} (the inference path)"
+        + (", PyTorch float32 with 2 threads" if theirs else ""))
   print("\n".join(text_table(rows)))
   if FLAGS.json:
     with open(FLAGS.json, "w") as handle:
-      json.dump({"size": FLAGS.size, "ours_ms": ours, "pytorch_ms": theirs}, handle, indent=2)
+      json.dump({"size": FLAGS.size, "precision": FLAGS.precision, "ours_ms": ours,
+                 "pytorch_ms": theirs}, handle, indent=2)
 
 
 if __name__ == "__main__":

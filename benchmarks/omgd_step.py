@@ -1,6 +1,7 @@
 """Seconds per OMGD fused step: with the teacher + discriminator update, and student-only.
 
-  python benchmarks/omgd_step.py --config=configs/omgd.py:unet_s16 --batch_size=4 [--json]
+  python benchmarks/omgd_step.py --config=configs/omgd.py:unet_s16 --batch_size=4 \
+      [--precision=bfloat16] [--json]
 
 Random inputs at the config's image size; the VGG16 perceptual terms are timed with randomly
 initialised VGG weights when no weights file is found (timing only: training never does this).
@@ -25,6 +26,8 @@ from gankd_jax.cli import fail, parse_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/omgd.py:unet_s16", "Config (optionally :VARIANT).")
 flags.DEFINE_integer("batch_size", 4, "Global batch size.")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16"],
+                  "config.precision for the step (default: the config's).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps per kind after compilation.")
 flags.DEFINE_integer("steps", 3, "Timed steps per kind (median reported).")
 flags.DEFINE_bool("json", False, "Print {\"full_step_s\": x, \"student_step_s\": y, ...} as the last "
@@ -62,6 +65,8 @@ def main(argv):
   config = FLAGS.config
   config.batch_size = FLAGS.batch_size
   config.n_dis = 2  # Step 0 updates teachers + D, step 1 only the student.
+  if FLAGS.precision:
+    config.precision = FLAGS.precision
   try:
     method = build_method(config)
   except ValueError as e:
@@ -87,13 +92,15 @@ def main(argv):
   student, student_gmac, state = time_step(train.make_train_step(method, mesh, method.phase(1)), state, batch,
                              frozen, FLAGS.warmup, FLAGS.steps)
   print(f"{size}x{size}, batch {FLAGS.batch_size}, {mesh.size} device(s) "
-        f"({jax.devices()[0].platform}), {vgg_note}" + (f"; {xla_note}" if xla_note else ""))
+        f"({jax.devices()[0].platform}), {config.precision}, {vgg_note}"
+        + (f"; {xla_note}" if xla_note else ""))
   print(f"full step (teachers + D + student): {full:.3f} s  {full_gmac:8.1f} GMAC  "
         f"{full_gmac / full:6.1f} GMAC/s")
   print(f"student-only step:                  {student:.3f} s  {student_gmac:8.1f} GMAC  "
         f"{student_gmac / student:6.1f} GMAC/s")
   if FLAGS.json:
-    print(json.dumps({"full_step_s": round(full, 4), "student_step_s": round(student, 4),
+    print(json.dumps({"precision": config.precision,
+                      "full_step_s": round(full, 4), "student_step_s": round(student, 4),
                       "full_step_gmac": round(full_gmac, 2),
                       "student_step_gmac": round(student_gmac, 2)}))
 

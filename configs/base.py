@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = 1000
   config.batch_size = 4              # Global batch, split over all devices of all processes.
   config.num_devices = 0             # 0: every device JAX sees.
+  # "float32", or "bfloat16": mixed precision, convolutions and matrix products (the feature
+  # networks' included) in bfloat16 with float32 results; parameters, optimiser state,
+  # normalisation statistics, losses and metrics in float32 (gankd_jax/models/layers.py).
+  config.precision = "float32"
 
   config.log_every = 50              # Scalars to TensorBoard and the console.
   config.checkpoint_every = 500

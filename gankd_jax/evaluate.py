@@ -180,8 +180,9 @@ def attach_references(evaluators, config, num_examples: int, image_shape, cache:
   return info
 
 
-def cost(networks, roles, latency_iters: int) -> dict[str, dict[str, float]]:
-  """Params, MACs and batch-1 latency of each generator role's network."""
+def cost(networks, roles, latency_iters: int, precision: str = "float32"
+         ) -> dict[str, dict[str, float]]:
+  """Params, MACs and batch-1 latency (in `precision`) of each generator role's network."""
   import jax
   import jax.numpy as jnp
   from gankd_jax import stats
@@ -193,7 +194,8 @@ def cost(networks, roles, latency_iters: int) -> dict[str, dict[str, float]]:
     # MACs first: count_macs traces transposed convs in their textbook form, and a trace cached
     # by an earlier jit of the same apply_fn (the sub-pixel form) would be reused otherwise.
     macs = stats.count_macs(net.apply_fn, net.variables, example)
-    latency = measure_latency(net.apply_fn, net.variables, net.input_shape, iters=latency_iters)
+    latency = measure_latency(net.apply_fn, net.variables, net.input_shape, iters=latency_iters,
+                              precision=precision)
     out[role] = {"params": stats.count_params(net.variables["params"]), "macs": macs,
                  "latency_ms": latency["median_ms"], "latency_min_ms": latency["min_ms"]}
   return out
@@ -227,6 +229,7 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
   eval.json record."""
   import jax
   from gankd_jax import checkpointing, data, evaluation, runs, visualize
+  from gankd_jax.models import layers
 
   if num_samples < 0:
     raise ValueError(f"--num_samples must be >= 0, got {num_samples}")
@@ -243,7 +246,7 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
   batch_size = -(-(batch_size or config.eval.batch_size) // mesh.size) * mesh.size
 
   evaluators = evaluation.build(eval_config(config, inception_weights, vgg16_weights), mesh,
-                                batch_size)
+                                batch_size, layers.precision_of(config))
   # The notes name the training command's flags; this command has its own.
   evaluators.notes = [note.replace(evaluation.INCEPTION_FLAG, WEIGHTS_FLAG)
                       .replace(evaluation.VGG_FLAG, VGG_WEIGHTS_FLAG) for note in evaluators.notes]
@@ -270,7 +273,8 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
           "image_shape": list(eval_data.image_shape), "features": name,
           "weights_sha256": info["weights_sha256"], "format": STATS_FORMAT,
           "references": {e.spec.name: e.spec.reference for e in members}})
-  costs = cost(method.networks(restored.state, restored.frozen), result.roles, latency_iters)
+  costs = cost(method.networks(restored.state, restored.frozen), result.roles, latency_iters,
+               layers.precision_of(config))
   record = {"workdir": str(workdir), "method": config.method, "step": int(restored.step),
             "split": "eval", "num_examples": result.num_examples, "devices": mesh.size,
             "backend": jax.default_backend(), **assemble(result.roles, result.results, costs)}
@@ -334,6 +338,8 @@ def main(argv):
   # The table carries our own notes; --verbose shows every log line (console.py).
   if not FLAGS.verbose:
     logging.set_verbosity(logging.ERROR)
+  from gankd_jax import xla_cpu
+  xla_cpu.configure(inference=True)  # Forward passes only.
   try:
     record = evaluate(FLAGS.workdir, num_samples=FLAGS.num_samples,
                       inception_weights=FLAGS.inception_weights, batch_size=FLAGS.batch_size,

@@ -385,9 +385,11 @@ class Evaluators:
                       self.notes)
 
 
-def build(eval_config, mesh, batch_size: int) -> Evaluators:
-  """The declared evaluators, with their feature networks loaded once each (shared)."""
+def build(eval_config, mesh, batch_size: int, precision: str = "float32") -> Evaluators:
+  """The declared evaluators, with their feature networks loaded once each (shared) and run in
+  `precision` (the run's config.precision)."""
   from gankd_jax.metrics.features import FeatureExtractor
+  from gankd_jax.models import layers
   specs = parse(eval_config.evaluators)
   networks: dict[str, FeatureNetwork | str] = {}
   distribution, notes = {}, []
@@ -398,7 +400,8 @@ def build(eval_config, mesh, batch_size: int) -> Evaluators:
       try:
         apply, variables, path = FEATURE_LOADERS[spec.features](eval_config)
         networks[spec.features] = FeatureNetwork(
-            spec.features, FeatureExtractor(apply, variables, batch_size, mesh), path)
+            spec.features, FeatureExtractor(layers.with_precision(precision, apply), variables,
+                                            batch_size, mesh), path)
       except ValueError as error:
         networks[spec.features] = str(error)
     network = networks[spec.features]
@@ -421,8 +424,10 @@ class PassResult:
 
 def make_eval_step(method, mesh, specs: list[EvaluatorSpec]):
   """Jitted `(state, batch, frozen) -> (batch, outputs, real images, per-example metrics)`."""
+  from gankd_jax.models import layers
   per_example = [s for s in specs if s.type in PER_EXAMPLE_TYPES]
 
+  @functools.partial(layers.with_precision, layers.precision_of(method.config))
   def step(state, batch, frozen):
     outputs = method.generate(state, batch, frozen)
     targets = method.paired_targets(batch, outputs)

@@ -162,11 +162,17 @@ def images(module, variables, seeds, *, truncation_psi: float = 1.0, noise_mode:
   import numpy as np  # pylint: disable=import-outside-toplevel
   if noise_mode not in NOISE_MODES:
     raise ValueError(f"--noise-mode: {noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
+  import jax  # pylint: disable=import-outside-toplevel
+  from gankd_jax.inference import compile_inference  # pylint: disable=import-outside-toplevel
   label = class_label(module.c_dim, class_idx, warn=False)  # generate() warned already.
+  # One compile for every seed, the weights as constants (the inference path); psi stays an input.
+  forward = compile_inference(
+      lambda v, z, c, psi, key: module.apply(v, z, c, truncation_psi=psi, noise_mode=noise_mode,
+                                             rngs={"noise": key}), variables)
   for seed in seeds:
     z = np.random.RandomState(seed).randn(1, module.z_dim)
-    img = np.asarray(synthesize(module, variables, z, label, truncation_psi=truncation_psi,
-                                noise_mode=noise_mode, seed=seed))[0]
+    img = np.asarray(forward(np.asarray(z, np.float32), np.asarray(label, np.float32),
+                             np.float32(truncation_psi), jax.random.PRNGKey(seed)))[0]
     # float32 arithmetic, then truncation toward zero, as torch's .clamp(0, 255).to(torch.uint8).
     yield seed, (img * np.float32(127.5) + np.float32(128)).clip(0, 255).astype(np.uint8)
 
@@ -199,6 +205,8 @@ def main(argv):
   for name in ("network", "seeds", "outdir"):
     if not FLAGS[name].value:
       fail(f"--{name} is required")
+  from gankd_jax import xla_cpu  # pylint: disable=import-outside-toplevel
+  xla_cpu.configure(inference=True)
   try:
     seeds = parse_seeds(FLAGS.seeds)
     paths = generate(FLAGS.network, seeds, FLAGS.outdir, truncation_psi=FLAGS.trunc,

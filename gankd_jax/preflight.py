@@ -29,6 +29,7 @@ FOLDER_SOURCES = (data.FOLDER_NAME, unconditional.FOLDER_NAME, unpaired.FOLDER_N
 # Data sources read from TFDS, for which a data.path would be silently ignored.
 TFDS_SOURCES = (*unconditional.TFDS_NAMES, unpaired.TFDS_NAME)
 POSITIVE_FIELDS = ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every")
+PRECISIONS = ("float32", "bfloat16")  # gankd_jax.models.layers.PRECISIONS (no JAX import here)
 # Per method: widths that must be positive integers, and those that may also be 0 ("the
 # teacher's"), named by their field path so an error says which network.
 WIDTH_FIELDS = {
@@ -51,6 +52,9 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
     value = config.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       raise ValueError(f"{field} must be a positive integer, got {value!r}")
+  if config.get("precision", "float32") not in PRECISIONS:
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                     f"{config.get('precision')!r}")
   check_widths(config)
   if config.get("method") == "omgd":
     unset = tuple(role for role in UNET_ROLES if str(config[role].get("name")).startswith("unet")

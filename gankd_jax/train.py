@@ -17,6 +17,7 @@ anything broken is saved; a killed run resumes from its latest committed checkpo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -35,6 +36,7 @@ from gankd_jax import (checkpointing, data, evaluation, parallel, preflight, run
 from gankd_jax.data import pipeline
 from gankd_jax.methods import Method, build_method
 from gankd_jax.methods.base import WARNING
+from gankd_jax.models import layers
 
 SUMMARY_FILE = "summary.json"
 EVALS_FILE = "evals.jsonl"
@@ -86,6 +88,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
 # --------------------------------------------------------------------------------- compiled parts
 def make_train_step(method: Method, mesh, phase):
   """The fused step for one phase: state donated, batch sharded on `data`, state replicated."""
+  @functools.partial(layers.with_precision, layers.precision_of(method.config))
   def step(state, batch, frozen):
     return method.train_step(state, batch, frozen, phase)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -303,7 +306,8 @@ def _train(run: Run, stop_signal: _StopSignal, stop_after_steps: int | None) -> 
   manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints, best_metric)
   state, start_step = _init_or_restore(run, manager, frozen)
 
-  evaluators = evaluation.build(config.eval, run.mesh, config.eval.batch_size)
+  evaluators = evaluation.build(config.eval, run.mesh, config.eval.batch_size,
+                                layers.precision_of(config))
   for note in evaluators.notes:
     logging.warning("%s", note)  # Once per run; also recorded in every evals.jsonl record.
   eval_steps = {}

@@ -101,6 +101,8 @@ def to_uint8(y):
 
 def _workdir_translator(workdir: str, role: str | None):
   from gankd_jax import runs  # pylint: disable=import-outside-toplevel
+  from gankd_jax.inference import compile_inference  # pylint: disable=import-outside-toplevel
+  from gankd_jax.models import layers  # pylint: disable=import-outside-toplevel
   restored = runs.restore_run(workdir)
   roles = restored.method.generator_roles
   if role is None:
@@ -114,14 +116,15 @@ def _workdir_translator(workdir: str, role: str | None):
   network = restored.method.networks(restored.state, restored.frozen)[role]
   if len(network.input_shape) != 3:
     raise ValueError(f"--network: {workdir}:{role} does not translate images")
-  return network.apply_fn, network.variables
+  return compile_inference(network.apply_fn, network.variables,
+                           precision=layers.precision_of(restored.config))
 
 
 def load_translator(network: str, size: int, arch: str | None = None):
-  """(apply_fn(variables, x), variables) of the generator --network names (checked to take
-  size x size images)."""
-  import jax  # pylint: disable=import-outside-toplevel
+  """`forward(x)` of the generator --network names (checked to take size x size images),
+  compiled by the inference path (gankd_jax/inference.py)."""
   from gankd_jax import models  # pylint: disable=import-outside-toplevel
+  from gankd_jax.inference import compile_inference  # pylint: disable=import-outside-toplevel
   from gankd_jax.generate import split_network  # pylint: disable=import-outside-toplevel
   from gankd_jax.weights import generator_pth  # pylint: disable=import-outside-toplevel
   path, role = split_network(network)
@@ -140,7 +143,7 @@ def load_translator(network: str, size: int, arch: str | None = None):
   for note in imported.notes:
     print(f"note: {note}", file=sys.stderr)
   module = imported.module
-  return jax.jit(lambda v, x: module.apply(v, x, train=False)), imported.variables
+  return compile_inference(lambda v, x: module.apply(v, x, train=False), imported.variables)
 
 
 def translate(network: str, input_dir: str, output_dir: str, *, size: int = 256,
@@ -158,13 +161,13 @@ def translate(network: str, input_dir: str, output_dir: str, *, size: int = 256,
     duplicate = next(s for s in stems if stems.count(s) > 1)
     raise ValueError(f"--input: two images of {input_dir} have the stem {duplicate!r}")
   images = read_images(paths)
-  apply_fn, variables = load_translator(network, size, arch)
+  forward = load_translator(network, size, arch)
   pairs = is_paired(images, paired)
   os.makedirs(output_dir, exist_ok=True)
   written = []
   for stem, image in zip(stems, images):
     x = preprocess(image, size, paired=pairs, direction=direction)
-    y = np.asarray(apply_fn(variables, x))[0]
+    y = np.asarray(forward(x))[0]
     out = os.path.join(output_dir, f"{stem}.png")
     Image.fromarray(to_uint8(y)).save(out)
     written.append(out)
@@ -178,6 +181,8 @@ def main(argv):
   for name in ("network", "input", "output"):
     if not FLAGS[name].value:
       fail(f"--{name} is required")
+  from gankd_jax import xla_cpu  # pylint: disable=import-outside-toplevel
+  xla_cpu.configure(inference=True)
   try:
     paths = translate(FLAGS.network, FLAGS.input, FLAGS.output, size=FLAGS.size,
                       direction=FLAGS.direction, paired=FLAGS.paired, arch=FLAGS.arch)

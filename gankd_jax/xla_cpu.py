@@ -8,25 +8,31 @@ import os
 # XLA:CPU computes a convolution's weight gradient about 4x faster with its dots in YNNPACK
 # (3x3 conv 128->128 on 128x128 maps, batch 4, 2 cores: 408 -> 105 ms), which takes the 256x256
 # OMGD fused step from 16.6 to 13.8 s. On 64x64 images the same option makes the fused step
-# slower (0.50 -> 0.64 s: many small dots), so it is turned on from 128x128 up.
+# slower (0.50 -> 0.64 s: many small dots), so training turns it on from 128x128 up.
+# Forward-only passes (the inference path, gankd_jax/inference.py) are faster with it at every
+# size (batch 1, 2 cores, 256 px: ResNet-9 ngf 64 1720 -> 550 ms, U-Net ngf 64 85 -> 70-82 ms,
+# the students unchanged; 64 px: ResNet-9 70 -> 40 ms, U-Net ngf 64 13.3 -> 9.5 ms), so commands
+# that only run generators forward (evaluate, translate, generate) ask for `inference=True`.
 YNN_DOTS_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 YNN_DOTS_FLAG = f"--{YNN_DOTS_OPTION}=dot"
 YNN_DOTS_MIN_IMAGE_SIZE = 128
 
 
-def configure(image_size: int) -> str | None:
-  """Adds the options that suit `image_size` to XLA_FLAGS; returns a note of what it set.
+def configure(image_size: int = 0, *, inference: bool = False) -> str | None:
+  """Adds the options that suit training on `image_size` images (or, with `inference`, forward
+  passes of any size) to XLA_FLAGS; returns a note of what it set.
 
   Leaves XLA_FLAGS alone when the user already chose the option, or when JAX's backends already
   exist (the option could no longer apply).
   """
   from jax._src import xla_bridge
   current = os.environ.get("XLA_FLAGS", "")
-  if (image_size < YNN_DOTS_MIN_IMAGE_SIZE or YNN_DOTS_OPTION in current
+  if ((image_size < YNN_DOTS_MIN_IMAGE_SIZE and not inference) or YNN_DOTS_OPTION in current
       or xla_bridge.backends_are_initialized()):
     return None
   os.environ["XLA_FLAGS"] = f"{current} {YNN_DOTS_FLAG}".strip()
-  return f"XLA:CPU: {YNN_DOTS_FLAG} for {image_size}x{image_size} images"
+  return f"XLA:CPU: {YNN_DOTS_FLAG} for " + (
+      "forward passes" if inference else f"{image_size}x{image_size} images")
 
 
 # What decides the bits XLA:CPU computes: the instruction set it generates code for and the

@@ -176,10 +176,12 @@ def test_latency_times_only_the_timed_calls_of_a_compiled_batch_of_one(monkeypat
 
 def test_latency_grows_with_the_work_done():
   """Same function and input shape, a 50x wider matmul (125000x the FLOPs): measured ~200x
-  slower here; asserting 10x leaves room for a busy machine (medians, no wall-clock limits)."""
+  slower here; asserting 10x leaves room for a busy machine (medians, no wall-clock limits).
+  The product involves the input: the weights are compile-time constants (gankd_jax/inference.py)
+  and a product of weights alone is folded away when compiling."""
   def apply(variables, x):
     w = variables["w"]
-    return x * jnp.sum(w @ w)
+    return x * jnp.sum((x[0, 0, 0, 0] * w) @ w)
 
   def median_ms(n):
     w = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)

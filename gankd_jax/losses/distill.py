@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gankd_jax.models.layers import BatchNorm
+from gankd_jax.models.layers import BatchNorm, mixed_conv
 
 
 def _normal_around_one(stddev: float):
@@ -37,7 +37,8 @@ class ChannelConnector(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = True):
     x = nn.Conv(self.teacher_channels, (1, 1), use_bias=False,
-                kernel_init=nn.initializers.normal(0.02), name="conv")(x)
+                kernel_init=nn.initializers.normal(0.02), conv_general_dilated=mixed_conv,
+                name="conv")(x)
     x = BatchNorm(scale_init=_normal_around_one(0.02), name="norm")(
         x, use_running_average=not train)
     return nn.relu(x)

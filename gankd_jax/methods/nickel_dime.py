@@ -53,7 +53,7 @@ from gankd_jax.methods.base import Method, NetState, Network, Note
 from gankd_jax.methods import stylegan2 as sg_method
 from gankd_jax.methods.stylegan2 import (EVAL_NOISE_SEED, StyleGAN2, discriminator_kwargs,
                                          generator_kwargs, r1_penalty, sanitize)
-from gankd_jax.models import stylegan2, stylegan2_pruning
+from gankd_jax.models import layers, stylegan2, stylegan2_pruning
 
 METHOD_NAME = "nickel_dime"
 STUDENT, TEACHER = "student", "teacher"
@@ -90,7 +90,7 @@ class Adapter(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.Conv(self.features, (1, 1), name="conv")(x)
+    return nn.Conv(self.features, (1, 1), conv_general_dilated=layers.mixed_conv, name="conv")(x)
 
 
 # ------------------------------------------------------------------------------- embeddings

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gankd_jax.models.layers import dot_general, mixed_conv
+
 FEATURE_NETWORK = "digit_classifier"
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digit_classifier.npz")
 INPUT_SIZE = 32
@@ -41,10 +43,10 @@ class DigitClassifier(nn.Module):
   def __call__(self, images):
     x = prepare_images(images)
     for width in (16, 32, 32):
-      x = nn.relu(nn.Conv(width, (3, 3), padding="SAME")(x))
+      x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", conv_general_dilated=mixed_conv)(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    features = nn.relu(nn.Dense(NUM_FEATURES)(x.reshape(x.shape[0], -1)))
-    return {"features": features, "logits": nn.Dense(NUM_CLASSES)(features)}
+    features = nn.relu(nn.Dense(NUM_FEATURES, dot_general=dot_general)(x.reshape(x.shape[0], -1)))
+    return {"features": features, "logits": nn.Dense(NUM_CLASSES, dot_general=dot_general)(features)}
 
 
 def prepare_images(images: jax.Array) -> jax.Array:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gankd_jax.models.layers import WEIGHT_INIT, Conv, ConvTranspose, Norm, leaky_relu
+from gankd_jax.models.layers import (WEIGHT_INIT, Conv, ConvTranspose, Norm, dot_general,
+                                      leaky_relu)
 
 DISCRIMINATOR_NORMS = ("batch", "layer", "instance", "none")
 MIN_IMAGE_SIZE = 16
@@ -81,7 +82,8 @@ class DCGANGenerator(nn.Module):
   @nn.compact
   def __call__(self, z, *, train: bool = True):
     widths = level_widths(self.d, self.image_size)
-    h = nn.Dense(4 * 4 * widths[0], use_bias=False, kernel_init=WEIGHT_INIT, name="project")(z)
+    h = nn.Dense(4 * 4 * widths[0], use_bias=False, kernel_init=WEIGHT_INIT,
+                 dot_general=dot_general, name="project")(z)
     h = h.reshape(z.shape[0], 4, 4, widths[0])
     h = nn.relu(Norm("batch", name="project_norm")(h, train=train))
     for i, width in enumerate(widths[1:], start=1):

@@ -44,6 +44,7 @@ import numpy as np
 from gankd_jax.models import inception as inception_lib
 from gankd_jax.models import vgg16_fc2 as vgg16_fc2_lib
 from gankd_jax.models.inception import HIGHEST, resize_bilinear
+from gankd_jax.models.layers import dot_general, mixed_conv
 from gankd_jax.models.vgg import IMAGENET_MEAN, IMAGENET_STD
 from gankd_jax.weights import convert
 from gankd_jax.weights.torch_pth import PickledObject, load_pth, load_tensors
@@ -84,7 +85,7 @@ def resize_square(images: jax.Array, size: int) -> jax.Array:
 def _conv(features: int, kernel: int, stride: int, padding: int, name: str, precision) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=False,
-                 precision=precision, name=name)
+                 precision=precision, conv_general_dilated=mixed_conv, name=name)
 
 
 def _bn(name: str) -> nn.BatchNorm:
@@ -194,7 +195,8 @@ class AttentionPool2d(nn.Module):
     positional = self.param("positional_embedding", nn.initializers.normal(self.embed_dim ** -0.5),
                             (h * w + 1, c))
     tokens = tokens + positional
-    dense = lambda features, name: nn.Dense(features, precision=self.precision, name=name)
+    dense = lambda features, name: nn.Dense(features, precision=self.precision,
+                                            dot_general=dot_general, name=name)
     key = dense(c, "k_proj")(tokens)  # Definition order as torch's: k, q, v, c.
     query = dense(c, "q_proj")(tokens[:, :1])
     value = dense(c, "v_proj")(tokens)

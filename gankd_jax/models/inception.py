@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gankd_jax.models.layers import dot_general, mixed_conv
+
 INPUT_SIZE = 299
 POOL_FEATURES = 2048
 NUM_LOGITS = 1008
@@ -96,7 +98,7 @@ class BasicConv2d(nn.Module):
   def __call__(self, x):
     x = nn.Conv(self.features, tuple(self.kernel), strides=(self.stride, self.stride),
                 padding=[(p, p) for p in self.padding], use_bias=False,
-                precision=self.precision,
+                precision=self.precision, conv_general_dilated=mixed_conv,
                 name="conv")(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, name="bn")(x)
     return nn.relu(x)
@@ -242,7 +244,7 @@ class InceptionV3(nn.Module):
     x = FIDInceptionE("avg", p, name="Mixed_7b")(x)
     x = FIDInceptionE("max", p, name="Mixed_7c")(x)
     pool = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(NUM_LOGITS, precision=p, name="fc")(pool)
+    logits = nn.Dense(NUM_LOGITS, precision=p, dot_general=dot_general, name="fc")(pool)
     return {"pool": pool, "logits": logits}
 
 

@@ -51,6 +51,23 @@ def in_export_graph() -> bool:
   return _EXPORT_GRAPH.get()
 
 
+# The inference graph mode (gankd_jax/inference.py): a forward-only pass whose weights are
+# compile-time constants, so weight layout work (tap slices, flips, the eval batch norm's
+# scale) folds away and layers may take forms that are slow to differentiate or to re-derive
+# from traced weights on every call (ConvTranspose below). Same outputs as the training graph.
+_INFERENCE_GRAPH = contextvars.ContextVar("inference_graph", default=False)
+
+
+@contextlib.contextmanager
+def inference_graph():
+  """While tracing inside this context, layers use their inference forms (see above)."""
+  token = _INFERENCE_GRAPH.set(True)
+  try:
+    yield
+  finally:
+    _INFERENCE_GRAPH.reset(token)
+
+
 # Multiply-adds written as sums of scaled slices (StyleGAN2's FIR resampling filters) are not
 # convolutions in the traced graph, so stats.count_macs cannot see them; while traced inside
 # `count_elementwise_macs()` such code reports them with `add_elementwise_macs`.
@@ -72,6 +89,155 @@ def add_elementwise_macs(count: int) -> None:
   counter = _ELEMENTWISE_MACS.get()
   if counter is not None:
     counter[0] += int(count)
+
+
+# Mixed precision (`config.precision`). While a function is traced inside
+# `compute_precision("bfloat16")`, convolutions and matrix products take bfloat16 operands and
+# produce float32 results, forward and backward (custom VJPs below: JAX's own transposes would
+# upcast the saved operands and run the backward pass in float32). Everything else stays float32:
+# parameters and optimiser state (the products cast them on the way in), activations between
+# layers, normalisation statistics, losses and metrics. The depthwise taps are elementwise work
+# and stay float32 too. Float32 results matter on XLA:CPU as well: a bfloat16 x bfloat16 dot is
+# ~1.7x faster than float32 with a float32 output and ~1.2x slower with a bfloat16 one.
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
+NHWC = ("NHWC", "HWIO", "NHWC")
+_COMPUTE_DTYPE = contextvars.ContextVar("compute_dtype", default=None)
+
+
+def check_precision(precision: str) -> str:
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+  return precision
+
+
+@contextlib.contextmanager
+def compute_precision(precision: str):
+  """While tracing inside this context, products run in `precision` (see above)."""
+  token = _COMPUTE_DTYPE.set(PRECISIONS[check_precision(precision)])
+  try:
+    yield
+  finally:
+    _COMPUTE_DTYPE.reset(token)
+
+
+def with_precision(precision: str, fn):
+  """`fn` that enters `compute_precision(precision)` whenever it runs (so when it is traced)."""
+  check_precision(precision)
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with compute_precision(precision):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def precision_of(config) -> str:
+  """A run config's `precision` (runs started before the field existed: float32)."""
+  return check_precision(config.get("precision", "float32"))
+
+
+def compute_dtype():
+  """The operand dtype of products in the current trace: None (float32) or bfloat16."""
+  return _COMPUTE_DTYPE.get()
+
+
+@jax.custom_vjp
+def _matmul_low(x, w):
+  """(..., K) @ (K, N) in bfloat16 with a float32 result."""
+  return jnp.matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
+
+
+def _matmul_low_fwd(x, w):
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  return jnp.matmul(xb, wb, preferred_element_type=jnp.float32), (xb, wb)
+
+
+def _matmul_low_bwd(residuals, g):
+  xb, wb = residuals
+  gb = g.astype(jnp.bfloat16)
+  dx = jnp.matmul(gb, wb.T, preferred_element_type=jnp.float32)
+  dw = jnp.einsum("mk,mn->kn", xb.reshape(-1, xb.shape[-1]), gb.reshape(-1, gb.shape[-1]),
+                  preferred_element_type=jnp.float32)
+  return dx, dw
+
+
+_matmul_low.defvjp(_matmul_low_fwd, _matmul_low_bwd)
+
+
+def matmul(x, w, precision=None):
+  """x (..., K) @ w (K, N) in the current trace's precision."""
+  if compute_dtype() is None:
+    return jnp.matmul(x, w, precision=precision)
+  return _matmul_low(x.astype(jnp.float32), w.astype(jnp.float32))
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+  """`lax.dot_general` in the current trace's precision (flax `nn.Dense(dot_general=...)`)."""
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  if (compute_dtype() is not None and not kw and tuple(lhs_contract) == (lhs.ndim - 1,)
+      and tuple(rhs_contract) == (0,) and rhs.ndim == 2 and not lhs_batch and not rhs_batch):
+    return _matmul_low(lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type, **kw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_low(x, kernel, strides, padding, lhs_dilation, rhs_dilation, groups):
+  """NHWC/HWIO convolution in bfloat16 with a float32 result."""
+  return _conv_low_fwd(x, kernel, strides, padding, lhs_dilation, rhs_dilation, groups)[0]
+
+
+def _lax_conv(x, kernel, strides, padding, lhs_dilation, rhs_dilation, groups, **kw):
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=NHWC, feature_group_count=groups, **kw)
+
+
+def _conv_low_fwd(x, kernel, *geometry):
+  xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  return _lax_conv(xb, kb, *geometry, preferred_element_type=jnp.float32), (xb, kb)
+
+
+def _conv_low_bwd(*args):
+  *geometry, (xb, kb), g = args
+  # The transposed convolutions of bfloat16 operands (their results rounded to bfloat16, as the
+  # backends' bfloat16 convolutions give them).
+  _, vjp = jax.vjp(lambda a, b: _lax_conv(a, b, *geometry), xb, kb)
+  dx, dk = vjp(g.astype(jnp.bfloat16))
+  return dx.astype(jnp.float32), dk.astype(jnp.float32)
+
+
+_conv_low.defvjp(_conv_low_fwd, _conv_low_bwd)
+
+
+def _as_pairs(pairs):
+  return None if pairs is None else tuple(tuple(p) if isinstance(p, (list, tuple)) else p
+                                          for p in pairs)
+
+
+def is_nhwc(x, kernel, dimension_numbers) -> bool:
+  """Whether `dimension_numbers` (names, or flax's ConvDimensionNumbers) mean NHWC / HWIO."""
+  return (tuple(dimension_numbers) == NHWC or dimension_numbers
+          == jax.lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC))
+
+
+def mixed_conv(x, kernel, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+               dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` (NHWC/HWIO) in the current trace's precision, with no routing:
+  flax `nn.Conv(conv_general_dilated=...)` for the feature networks and 1x1 adapters."""
+  dimension_numbers = dimension_numbers or NHWC
+  if isinstance(padding, str) and compute_dtype() is not None:
+    padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], window_strides, padding)
+  if compute_dtype() is None or kwargs or isinstance(padding, str) or not is_nhwc(
+      x, kernel, dimension_numbers):
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kwargs)
+  return _conv_low(x.astype(jnp.float32), kernel.astype(jnp.float32), tuple(window_strides),
+                   _as_pairs(padding), _as_pairs(lhs_dilation), _as_pairs(rhs_dilation),
+                   feature_group_count)
 
 
 def bn_scale_init(key, shape, dtype=jnp.float32):
@@ -253,14 +419,14 @@ def use_matmul_conv(kernel_shape, out_hw) -> bool:
   return kh * kw == 1 or out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS
 
 
-def _conv_as_matmul(x, kernel, strides, padding):
+def _conv_as_matmul(x, kernel, strides, padding, precision=None):
   """NHWC conv (no groups, no dilation) as patches @ kernel; `padding` is [(lo, hi)] * 2."""
   kh, kw, c_in, c_out = kernel.shape
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   (sh, sw), (ho, wo) = strides, ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
   patches = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
              for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(patches, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
+  return matmul(jnp.concatenate(patches, axis=-1), kernel.reshape(kh * kw * c_in, c_out), precision)
 
 
 def is_depthwise(x, kernel, feature_group_count: int) -> bool:
@@ -302,11 +468,10 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
     ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
     wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
     if use_matmul_conv(kernel.shape, (ho, wo)):
-      return _conv_as_matmul(x, kernel, window_strides, padding)
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers or ("NHWC", "HWIO", "NHWC"),
-      feature_group_count=feature_group_count, precision=precision, **kwargs)
+      return _conv_as_matmul(x, kernel, window_strides, padding, precision)
+  return mixed_conv(x, kernel, window_strides, padding, lhs_dilation=lhs_dilation,
+                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                    feature_group_count=feature_group_count, precision=precision, **kwargs)
 
 
 class Conv(nn.Module):
@@ -417,9 +582,29 @@ def conv_transpose_dilated(x, kernel_hwio, padding: int, output_padding: int):
   k = kernel_hwio.shape[0]
   flipped = kernel_hwio[::-1, ::-1]
   before, after = k - 1 - padding, k - 1 - padding + output_padding
-  return jax.lax.conv_general_dilated(
-      x, flipped.astype(x.dtype), window_strides=(1, 1), padding=[(before, after)] * 2,
-      lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return mixed_conv(x, flipped.astype(x.dtype), window_strides=(1, 1),
+                    padding=[(before, after)] * 2, lhs_dilation=(2, 2))
+
+
+def conv_transpose_phases(x, kernel_hwio, padding: int, output_padding: int):
+  """The same PyTorch ``ConvTranspose2d(stride=2)`` as four convolutions, one per output phase,
+  each with only that phase's taps (no zero taps), interleaved. With constant weights (the
+  inference path) the tap slices fold away at compile time."""
+  k = kernel_hwio.shape[0]
+  for size in x.shape[1:3]:
+    if transposed_output_size(size, k, padding, output_padding) != 2 * size:
+      raise ValueError(
+          f"transposed conv k={k} p={padding} op={output_padding} does not double size {size}")
+  taps = [sorted(phase_taps(k, padding, phase)) for phase in (0, 1)]
+  rows = []
+  for row_taps in taps:
+    row = []
+    for col_taps in taps:
+      kernel = kernel_hwio[np.array([t for _, t in row_taps])][:, np.array([t for _, t in col_taps])]
+      pad = [(-row_taps[0][0], row_taps[-1][0]), (-col_taps[0][0], col_taps[-1][0])]
+      row.append(conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), pad))
+    rows.append(jnp.concatenate(row, axis=-1))
+  return depth_to_space2(jnp.concatenate(rows, axis=-1), kernel_hwio.shape[3])
 
 
 _TEXTBOOK_CONV_TRANSPOSE = contextvars.ContextVar("textbook_conv_transpose", default=False)
@@ -439,6 +624,22 @@ def textbook_conv_transpose():
     _TEXTBOOK_CONV_TRANSPOSE.reset(token)
 
 
+# Forward-only with constant weights (batch 1 and 4, 256x256 generators, 2 cores), the per-phase
+# form was the fastest transposed conv almost everywhere (the U-Net's 1024->512 at 8x8: 8.4 ms,
+# against 10.8 lhs-dilated and 17.6 sub-pixel, whose 9-tap kernel holds 5 zero taps in 9), but a
+# wide input to a few output channels (the U-Net's 128->3 output layer at 128x128) runs as 4
+# convolutions with a 3-wide output, which XLA:CPU does badly (5.5 ms; lhs-dilated 2.6).
+INFERENCE_DILATED_MAX_OUT = 4
+INFERENCE_DILATED_MIN_IN = 64
+
+
+def inference_conv_transpose(c_in: int, c_out: int):
+  """The transposed conv form the inference graph uses for this width (measured: see above)."""
+  if c_out <= INFERENCE_DILATED_MAX_OUT and c_in >= INFERENCE_DILATED_MIN_IN:
+    return conv_transpose_dilated
+  return conv_transpose_phases
+
+
 class ConvTranspose(nn.Module):
   """PyTorch ``ConvTranspose2d(in, features, kernel, stride=2, padding, output_padding)``."""
 
@@ -451,8 +652,12 @@ class ConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x):
     w = self.param("kernel", WEIGHT_INIT, (self.kernel, self.kernel, x.shape[-1], self.features))
-    impl = (conv_transpose_dilated if _TEXTBOOK_CONV_TRANSPOSE.get()
-            else conv_transpose_subpixel)
+    if _TEXTBOOK_CONV_TRANSPOSE.get():
+      impl = conv_transpose_dilated
+    elif _INFERENCE_GRAPH.get() and not _EXPORT_GRAPH.get():
+      impl = inference_conv_transpose(x.shape[-1], self.features)
+    else:
+      impl = conv_transpose_subpixel
     y = impl(x, w, self.padding, self.output_padding)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))

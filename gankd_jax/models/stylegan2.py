@@ -37,7 +37,7 @@ import numpy as np
 from flax.core import FrozenDict
 
 from gankd_jax.models.layers import (add_elementwise_macs, conv_general_dilated,
-                                     conv_transpose_subpixel, in_export_graph)
+                                     conv_transpose_subpixel, in_export_graph, matmul)
 from gankd_jax.models.layers import count_params as _count_params
 
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -293,7 +293,7 @@ class FullyConnectedLayer(nn.Module):
   def __call__(self, x):
     weight = self.param("weight", _randn(1.0 / self.lr_multiplier),
                         (self.out_features, self.in_features))
-    x = x @ (weight * (self.lr_multiplier / math.sqrt(self.in_features))).T
+    x = matmul(x, (weight * (self.lr_multiplier / math.sqrt(self.in_features))).T)
     b = None
     if self.bias:
       b = self.param("bias", nn.initializers.constant(self.bias_init), (self.out_features,))

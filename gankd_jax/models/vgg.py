@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gankd_jax.models.layers import mixed_conv
 from gankd_jax.weights.torch_pth import load_state_dict
 
 # (block, convs per block, output channels) of VGG16 up to relu4_3.
@@ -86,7 +87,8 @@ class VGG16Features(nn.Module):
         x = _max_pool_2x2(x)
       for index in range(1, count + 1):
         x = nn.Conv(out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                    kernel_init=nn.initializers.normal(0.02), name=f"conv{block}_{index}")(x)
+                    kernel_init=nn.initializers.normal(0.02), conv_general_dilated=mixed_conv,
+                    name=f"conv{block}_{index}")(x)
         x = nn.relu(x)
       taps[f"relu{block}_{count}"] = x
     return taps

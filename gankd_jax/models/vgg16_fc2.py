@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gankd_jax.models.inception import HIGHEST, resize_bilinear
+from gankd_jax.models.layers import dot_general, mixed_conv
 from gankd_jax.models.vgg import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT_SIZE = 224
@@ -49,14 +50,16 @@ class VGG16FC2(nn.Module):
         index += 1
       else:
         x = nn.Conv(item, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision,
-                    name=f"features.{index}")(x)
+                    conv_general_dilated=mixed_conv, name=f"features.{index}")(x)
         x = nn.relu(x)
         index += 2
     if x.shape[1:3] != (7, 7):
       raise ValueError(f"VGG16FC2 expects 7x7 pool5 maps, got {x.shape[1:3]}")
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(EMBEDDING_DIM, precision=self.precision, name="classifier.0")(x))
-    return nn.relu(nn.Dense(EMBEDDING_DIM, precision=self.precision, name="classifier.3")(x))
+    dense = lambda name: nn.Dense(EMBEDDING_DIM, precision=self.precision, dot_general=dot_general,
+                                  name=name)
+    x = nn.relu(dense("classifier.0")(x))
+    return nn.relu(dense("classifier.3")(x))
 
 
 def abstract_variables():
