@@ -9,6 +9,19 @@ from absl import flags, logging
 from gankd_jax import console
 
 
+# config.precision's values (gankd_jax.models.layers.PRECISIONS; kept here so flags and the
+# preflight check need no JAX import).
+PRECISIONS = ("float32", "bfloat16")
+
+
+def define_precision_flag(default: str | None, default_meaning: str = "") -> None:
+  """`--precision`: a command's products in float32 or bfloat16 (mixed, as config.precision)."""
+  flags.DEFINE_enum("precision", default, list(PRECISIONS),
+                    "float32, or bfloat16: convolutions and matrix products in bfloat16 with "
+                    "float32 results (as config.precision)" + (f"; {default_meaning}"
+                                                               if default_meaning else "") + ".")
+
+
 def fail(message: str, status: int = 2) -> None:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(status)

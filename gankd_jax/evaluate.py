@@ -11,9 +11,10 @@ student):
             VGG16 weights are (else one line says which file and which flag, and the rest is
             reported); PSNR / SSIM / L1 against each role's paired targets (the ground truth and,
             for the student, each teacher), when the method has them; sharpness (VoL);
-  cost      parameters, MACs (gankd_jax/stats.py), latency (batch 1, compiled, median after
-            warm-up, metrics/latency.py); for the student, the speed-up and the MAC / parameter
-            compression over each teacher.
+  cost      parameters, MACs (gankd_jax/stats.py), latency (batch 1, compiled by the inference
+            path of gankd_jax/inference.py, median after warm-up, metrics/latency.py); for the
+            student, the speed-up and the MAC / parameter compression over each teacher.
+Everything runs in the run's config.precision (recorded as eval.json's "precision").
 Writes DIR/eval.json, prints a table, saves DIR/eval_grid.png (the method's sample columns).
 
 The real images' side of FID / KID / precision-recall (mean and covariance, feature samples) does
@@ -277,7 +278,8 @@ def evaluate(workdir: str, *, num_samples: int = 0, inception_weights: str = "",
                layers.precision_of(config))
   record = {"workdir": str(workdir), "method": config.method, "step": int(restored.step),
             "split": "eval", "num_examples": result.num_examples, "devices": mesh.size,
-            "backend": jax.default_backend(), **assemble(result.roles, result.results, costs)}
+            "backend": jax.default_backend(), "precision": layers.precision_of(config),
+            **assemble(result.roles, result.results, costs)}
   report = method.report(restored.state)
   if report:
     record["report"] = report
@@ -310,7 +312,8 @@ def format_table(record: dict[str, Any]) -> str:
                  f"{m['latency_ms']:.2f}",
                  *(fmt.format(m[key]) if key in m else "-" for key, _, fmt in quality)])
   lines = [f"{record['method']} at step {record['step']}, {record['num_examples']} examples of the "
-           f"eval split, latency batch 1 on {record['backend']}", *text_table(rows)]
+           f"eval split, latency batch 1 on {record['backend']}"
+           f"{' in ' + record['precision'] if 'precision' in record else ''}", *text_table(rows)]
   student = roles.get("student", {})
   for teacher, ratios in record["student_vs"].items():
     vs = [f"{name.upper()} {student[f'{name}_vs_{teacher}']:.4g}" for name in ("psnr", "ssim", "l1")

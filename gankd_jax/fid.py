@@ -1,6 +1,7 @@
 """Command line FID, as pytorch-fid computes it, in JAX.
 
   python -m gankd_jax.fid PATH1 PATH2 [--inception_weights=FILE] [--batch_size=N]
+      [--precision=float32|bfloat16]
       prints `FID: <value>`; a PATH is a folder of images or an .npz with `mu` and `sigma`
   python -m gankd_jax.fid --save_stats PATH OUT.npz
       writes pytorch-fid-compatible statistics of the images in PATH
@@ -11,6 +12,8 @@ sizes are each resized to 299x299 on the host with the network's own bilinear (n
 resize, then batched. Every file is checked before any compute; a corrupt one is named.
 Weights: `--inception_weights`, else the cache, else a download of pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth (checked against its SHA-256 prefix).
+--precision=bfloat16 runs the Inception's convolutions in bfloat16 (config.precision); the default,
+float32, is what pytorch-fid computes, and the one to compare with published FIDs.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from gankd_jax.cli import fail, parse_flags
+from gankd_jax.cli import define_precision_flag, fail, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -32,6 +35,7 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 50, "Images per Inception batch (rounded up to the device count).")
   flags.DEFINE_bool("save_stats", False, "Write the statistics of PATH (a folder) to OUT.npz instead.")
   flags.DEFINE_integer("num_devices", 0, "Devices to shard batches over (0: all).")
+  define_precision_flag("float32", "float32 is pytorch-fid's")
 
 
 def list_folder_images(folder: str) -> list[str]:
@@ -54,14 +58,17 @@ def load_image_01(path: str, size: int) -> np.ndarray:
   return resize_bilinear_numpy(image, size, size)
 
 
-def inception_extractor(weights: str | None, batch_size: int, mesh=None, *, flag="--inception_weights"):
-  """A sharded extractor of pytorch-fid Inception {"pool", "logits"} for [0, 1] images."""
+def inception_extractor(weights: str | None, batch_size: int, mesh=None, *, flag="--inception_weights",
+                        precision: str = "float32"):
+  """A sharded extractor of pytorch-fid Inception {"pool", "logits"} for [0, 1] images, in
+  `precision` (config.precision)."""
   from gankd_jax.metrics.features import FeatureExtractor
-  from gankd_jax.models import inception
+  from gankd_jax.models import inception, layers
   from gankd_jax.weights import download
   path = download.resolve(download.INCEPTION_FID, weights, flag=flag)
   variables = inception.load_inception(path)
-  return FeatureExtractor(inception.InceptionV3().apply, variables, batch_size, mesh)
+  return FeatureExtractor(layers.with_precision(precision, inception.InceptionV3().apply), variables,
+                          batch_size, mesh)
 
 
 def folder_statistics(files: list[str], extractor) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +116,8 @@ def main(argv):
       files_by_path = [validate_path(p) for p in paths]
     mesh = parallel.make_mesh(FLAGS.num_devices or None)
     needs_network = FLAGS.save_stats or any(f is not None for f in files_by_path)
-    extractor = inception_extractor(FLAGS.inception_weights, FLAGS.batch_size, mesh) if needs_network else None
+    extractor = (inception_extractor(FLAGS.inception_weights, FLAGS.batch_size, mesh,
+                                     precision=FLAGS.precision) if needs_network else None)
     if FLAGS.save_stats:
       mu, sigma = folder_statistics(files, extractor)
       fid.save_stats(out, mu, sigma)

@@ -2,6 +2,7 @@
 
   python -m gankd_jax.generate --network=FILE.pkl|FILE.pth|WORKDIR[:role] --seeds=0-7,12
       --outdir=DIR [--trunc=1.0] [--noise-mode=const|random|none] [--class=N]
+      [--precision=float32|bfloat16]
 
 --network: a StyleGAN2-ADA network pickle (its G_ema, read without torch and without running the
 code it carries: weights/network_pickle.py), a torch.save state dict of a generator, or a run
@@ -16,6 +17,8 @@ noise_mode) and `seed%04d.png` = (img * 127.5 + 128) clipped to [0, 255], cast t
 --seeds takes comma-separated seeds and inclusive ranges ("0-7", "1,5,12", "0-7,12": the
 reference's num_range, plus mixing the two). noise_mode "random" draws from
 jax.random.PRNGKey(seed) (the reference's draws come from torch's unseeded global generator).
+The generator is compiled once for all seeds by the inference path (gankd_jax/inference.py), in
+--precision (float32 by default, as the reference computes).
 Bad input (seeds, class, network) is one line on stderr and exit status 2, before any compute.
 """
 
@@ -29,7 +32,7 @@ import sys
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import fail, parse_flags
+from gankd_jax.cli import define_precision_flag, fail, parse_flags
 
 FLAGS = flags.FLAGS
 NOISE_MODES = ("const", "random", "none")
@@ -45,6 +48,7 @@ def define_flags():
   flags.DEFINE_float("trunc", 1.0, "Truncation psi.")
   flags.DEFINE_enum("noise-mode", "const", list(NOISE_MODES), "Noise mode.")
   flags.DEFINE_integer("class", None, "Class label (required by conditional networks).")
+  define_precision_flag("float32")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -157,7 +161,7 @@ def synthesize(module, variables, z, c, *, truncation_psi: float = 1.0, noise_mo
 
 
 def images(module, variables, seeds, *, truncation_psi: float = 1.0, noise_mode: str = "const",
-           class_idx: int | None = None):
+           class_idx: int | None = None, precision: str = "float32"):
   """Yields (seed, uint8 HWC image) per seed, as the reference's generate.py computes them."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   if noise_mode not in NOISE_MODES:
@@ -168,7 +172,7 @@ def images(module, variables, seeds, *, truncation_psi: float = 1.0, noise_mode:
   # One compile for every seed, the weights as constants (the inference path); psi stays an input.
   forward = compile_inference(
       lambda v, z, c, psi, key: module.apply(v, z, c, truncation_psi=psi, noise_mode=noise_mode,
-                                             rngs={"noise": key}), variables)
+                                             rngs={"noise": key}), variables, precision=precision)
   for seed in seeds:
     z = np.random.RandomState(seed).randn(1, module.z_dim)
     img = np.asarray(forward(np.asarray(z, np.float32), np.asarray(label, np.float32),
@@ -178,7 +182,8 @@ def images(module, variables, seeds, *, truncation_psi: float = 1.0, noise_mode:
 
 
 def generate(network: str, seeds, outdir: str, *, truncation_psi: float = 1.0,
-             noise_mode: str = "const", class_idx: int | None = None) -> list[str]:
+             noise_mode: str = "const", class_idx: int | None = None,
+             precision: str = "float32") -> list[str]:
   """Writes outdir/seed%04d.png per seed; returns the paths."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   if noise_mode not in NOISE_MODES:
@@ -191,7 +196,7 @@ def generate(network: str, seeds, outdir: str, *, truncation_psi: float = 1.0,
   os.makedirs(outdir, exist_ok=True)
   paths = []
   for seed, img in images(module, variables, seeds, truncation_psi=truncation_psi,
-                          noise_mode=noise_mode, class_idx=class_idx):
+                          noise_mode=noise_mode, class_idx=class_idx, precision=precision):
     path = os.path.join(outdir, f"seed{seed:04d}.png")
     Image.fromarray(img[:, :, 0] if img.shape[-1] == 1 else img).save(path)
     paths.append(path)
@@ -210,7 +215,8 @@ def main(argv):
   try:
     seeds = parse_seeds(FLAGS.seeds)
     paths = generate(FLAGS.network, seeds, FLAGS.outdir, truncation_psi=FLAGS.trunc,
-                     noise_mode=FLAGS["noise-mode"].value, class_idx=FLAGS["class"].value)
+                     noise_mode=FLAGS["noise-mode"].value, class_idx=FLAGS["class"].value,
+                     precision=FLAGS.precision)
   except ValueError as error:
     fail(str(error))
   print(f"wrote {len(paths)} images to {FLAGS.outdir}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ml_collections
 
 from gankd_jax import data
+from gankd_jax.cli import PRECISIONS
 from gankd_jax.data import digits, embedded, unconditional, unpaired
 
 # The folder source that a data.path selects, per embedded source of each data family.
@@ -29,7 +30,6 @@ FOLDER_SOURCES = (data.FOLDER_NAME, unconditional.FOLDER_NAME, unpaired.FOLDER_N
 # Data sources read from TFDS, for which a data.path would be silently ignored.
 TFDS_SOURCES = (*unconditional.TFDS_NAMES, unpaired.TFDS_NAME)
 POSITIVE_FIELDS = ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every")
-PRECISIONS = ("float32", "bfloat16")  # gankd_jax.models.layers.PRECISIONS (no JAX import here)
 # Per method: widths that must be positive integers, and those that may also be 0 ("the
 # teacher's"), named by their field path so an error says which network.
 WIDTH_FIELDS = {

@@ -2,11 +2,14 @@
 
   python -m gankd_jax.translate --network=FILE.pth|WORKDIR[:role] --input=DIR --output=DIR
       [--size=256] [--direction=AtoB] [--paired=auto|true|false] [--arch=NAME[,key=value...]]
+      [--precision=float32|bfloat16]
 
 --network: a PyTorch generator checkpoint (pix2pix / CycleGAN `latest_net_G.pth`, gan-compression
 or OMGD; read without torch, architecture detected or forced by --arch: see
 weights/generator_pth.py), or a run directory of ours and one of its generator roles
-(WORKDIR:role; without a role, `student` when the run has one).
+(WORKDIR:role; without a role, `student` when the run has one). The generator runs through the
+inference path (gankd_jax/inference.py) in --precision: by default the run's config.precision, or
+float32 for a .pth.
 
 Per image (files with the reference's image extensions, in sorted order), as the reference's
 test path does with its test defaults (load_size = crop_size = --size, no flip):
@@ -26,7 +29,7 @@ import sys
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import fail, parse_flags
+from gankd_jax.cli import define_precision_flag, fail, parse_flags
 
 FLAGS = flags.FLAGS
 # The reference's data/image_folder.py IMG_EXTENSIONS (compared case-insensitively).
@@ -44,6 +47,7 @@ def define_flags():
   flags.DEFINE_enum("direction", "AtoB", list(DIRECTIONS), "Half of a paired image to translate.")
   flags.DEFINE_enum("paired", "auto", list(PAIRED), "Whether input images are A|B pairs.")
   flags.DEFINE_string("arch", None, "Force the architecture of a .pth (e.g. unet_256,ngf=64).")
+  define_precision_flag(None, "default: a run's config.precision, float32 for a .pth")
 
 
 def list_images(folder: str) -> list[str]:
@@ -99,7 +103,7 @@ def to_uint8(y):
   return ((y + np.float32(1)) / np.float32(2) * np.float32(255)).astype(np.uint8)
 
 
-def _workdir_translator(workdir: str, role: str | None):
+def _workdir_translator(workdir: str, role: str | None, precision: str | None):
   from gankd_jax import runs  # pylint: disable=import-outside-toplevel
   from gankd_jax.inference import compile_inference  # pylint: disable=import-outside-toplevel
   from gankd_jax.models import layers  # pylint: disable=import-outside-toplevel
@@ -117,12 +121,14 @@ def _workdir_translator(workdir: str, role: str | None):
   if len(network.input_shape) != 3:
     raise ValueError(f"--network: {workdir}:{role} does not translate images")
   return compile_inference(network.apply_fn, network.variables,
-                           precision=layers.precision_of(restored.config))
+                           precision=precision or layers.precision_of(restored.config))
 
 
-def load_translator(network: str, size: int, arch: str | None = None):
+def load_translator(network: str, size: int, arch: str | None = None,
+                    precision: str | None = None):
   """`forward(x)` of the generator --network names (checked to take size x size images),
-  compiled by the inference path (gankd_jax/inference.py)."""
+  compiled by the inference path (gankd_jax/inference.py) in `precision` (None: a run's
+  config.precision, float32 for a .pth)."""
   from gankd_jax import models  # pylint: disable=import-outside-toplevel
   from gankd_jax.inference import compile_inference  # pylint: disable=import-outside-toplevel
   from gankd_jax.generate import split_network  # pylint: disable=import-outside-toplevel
@@ -131,7 +137,7 @@ def load_translator(network: str, size: int, arch: str | None = None):
   if os.path.isdir(path):
     if arch:
       raise ValueError("--arch applies to .pth files, not to run directories")
-    return _workdir_translator(path, role)
+    return _workdir_translator(path, role, precision)
   if role is not None:
     raise ValueError(f"--network: {path} is a file; ':{role}' only names a run's generator")
   imported = generator_pth.load_generator(path, arch)
@@ -143,11 +149,13 @@ def load_translator(network: str, size: int, arch: str | None = None):
   for note in imported.notes:
     print(f"note: {note}", file=sys.stderr)
   module = imported.module
-  return compile_inference(lambda v, x: module.apply(v, x, train=False), imported.variables)
+  return compile_inference(lambda v, x: module.apply(v, x, train=False), imported.variables,
+                           precision=precision or "float32")
 
 
 def translate(network: str, input_dir: str, output_dir: str, *, size: int = 256,
-              direction: str = "AtoB", paired: str = "auto", arch: str | None = None) -> list[str]:
+              direction: str = "AtoB", paired: str = "auto", arch: str | None = None,
+              precision: str | None = None) -> list[str]:
   """Writes output_dir/<stem>.png per input image; returns the paths."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -161,7 +169,7 @@ def translate(network: str, input_dir: str, output_dir: str, *, size: int = 256,
     duplicate = next(s for s in stems if stems.count(s) > 1)
     raise ValueError(f"--input: two images of {input_dir} have the stem {duplicate!r}")
   images = read_images(paths)
-  forward = load_translator(network, size, arch)
+  forward = load_translator(network, size, arch, precision)
   pairs = is_paired(images, paired)
   os.makedirs(output_dir, exist_ok=True)
   written = []
@@ -185,7 +193,8 @@ def main(argv):
   xla_cpu.configure(inference=True)
   try:
     paths = translate(FLAGS.network, FLAGS.input, FLAGS.output, size=FLAGS.size,
-                      direction=FLAGS.direction, paired=FLAGS.paired, arch=FLAGS.arch)
+                      direction=FLAGS.direction, paired=FLAGS.paired, arch=FLAGS.arch,
+                      precision=FLAGS.precision)
   except ValueError as error:
     fail(str(error))
   print(f"wrote {len(paths)} images to {FLAGS.output}", file=sys.stderr)

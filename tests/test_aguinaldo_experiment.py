@@ -40,6 +40,13 @@ def test_experiment_end_to_end_with_a_tiny_budget(tmp_path):
   assert json.loads((tmp_path / "runs" / "mse_d1" / "summary.json").read_text())["steps"] == 1
 
 
+def test_precision_reaches_every_run():
+  """--precision is every run's config.precision (teacher and students)."""
+  for mode in ("teacher", *experiment.METHODS):
+    assert experiment.base_config(mode, tiny_settings()).precision == "float32"
+    assert experiment.base_config(mode, tiny_settings(precision="bfloat16")).precision == "bfloat16"
+
+
 def test_bad_input_is_one_line_before_compute(tmp_path):
   for overrides, message in [({"d_list": [0]}, "--d_list"), ({"dataset": "svhn"}, "--dataset"),
                              ({"alpha": 2.0}, "loss.alpha"), ({"image_size": 28}, "power of two"),

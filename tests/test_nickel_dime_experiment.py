@@ -84,6 +84,9 @@ def test_plan_trains_a_teacher_first_and_arms_are_config_overrides(tmp_path):
   assert by_name["output_kd_p70_s0"].output_kd.l1 == 3.0
   # No arm trains against the evaluation network: phi is a random digit classifier.
   assert full.dime.networks.digits.random_init and full.output_kd.network.random_init
+  assert {r.config.precision for r in runs} == {"float32"}
+  mixed = experiment.plan(tiny_settings(teacher_network=None, precision="bfloat16"), str(tmp_path))
+  assert {r.config.precision for r in mixed} == {"bfloat16"}  # --precision: every run, teacher too
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -30,6 +30,15 @@ def test_pngs_match_reference_test_path(tmp_path):
     assert np.mean(ours != theirs) < 0.01, stem
 
 
+def test_bfloat16_translation_stays_near_float32(tmp_path):
+  """--precision=bfloat16 (the inference path's mixed precision) changes the PNGs by a few levels."""
+  paths = translate.translate(NETWORK, INPUT, str(tmp_path / "f32"), size=64)
+  low = translate.translate(NETWORK, INPUT, str(tmp_path / "bf16"), size=64, precision="bfloat16")
+  for ours, mixed in zip(paths, low):
+    a, b = (np.asarray(Image.open(p), np.int16) for p in (ours, mixed))
+    assert 0 < np.max(np.abs(a - b)) <= 24 and np.mean(np.abs(a - b)) < 3
+
+
 def test_direction_and_pairing(tmp_path):
   image = Image.open(os.path.join(INPUT, "a_photo.png")).convert("RGB")
   a = translate.preprocess(image, 8, paired=True)

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import experiment_main, parse_flags
+from gankd_jax.cli import define_precision_flag, experiment_main, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -70,6 +70,7 @@ def define_flags():
                        "real training images for the FID reference (at most the training split).")
   flags.DEFINE_string("inception_weights", None, "pytorch-fid Inception weights (colour datasets).")
   flags.DEFINE_integer("seed", 0, "Seed of every run and of the evaluation latents.")
+  define_precision_flag("float32", "every run's config.precision, its evaluations included")
   flags.mark_flags_as_required(["workdir"])
 
 METHODS = ("mse", "joint", "scratch")
@@ -99,6 +100,7 @@ def base_config(mode: str, settings) -> Any:
   config.loss.alpha = settings.alpha
   config.loss.gan = settings.gan
   config.optimizer.lr = settings.lr
+  config.precision = settings.precision
   if settings.gan != "wgan_gp":  # DCGAN's recipe (Radford et al. 2016).
     config.loss.n_critic = 1
     config.discriminator.norm = "batch"
@@ -174,6 +176,7 @@ class Settings:
   num_samples: int
   inception_weights: Optional[str]
   seed: int
+  precision: str = "float32"
 
 
 def settings_from_flags() -> Settings:
@@ -184,7 +187,7 @@ def settings_from_flags() -> Settings:
   return Settings(FLAGS.dataset, FLAGS.data_path, FLAGS.image_size, FLAGS.teacher_d, d_list,
                   FLAGS.teacher_iters, FLAGS.student_iters, FLAGS.critic_d, FLAGS.gan, FLAGS.alpha, FLAGS.lr,
                   FLAGS.batch_size, FLAGS.num_samples,
-                  FLAGS.inception_weights, FLAGS.seed)
+                  FLAGS.inception_weights, FLAGS.seed, FLAGS.precision)
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -202,7 +205,7 @@ def build_evaluators(settings, mesh, batch_size: int):
               "sharpness": {"type": "sharpness"}}
   return evaluation.build(ml_collections.ConfigDict({
       "evaluators": declared, "inception_weights": settings.inception_weights or ""}),
-      mesh, batch_size)
+      mesh, batch_size, settings.precision)
 
 
 def evaluate_run(run_dir: str, role: str, evaluators, dataset, mesh, settings, batch_size: int

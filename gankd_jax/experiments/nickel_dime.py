@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 from absl import app, flags, logging
 
-from gankd_jax.cli import experiment_main, parse_flags
+from gankd_jax.cli import define_precision_flag, experiment_main, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -90,6 +90,7 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 32, "Batch size of every student.")
   flags.DEFINE_integer("eval_every", 50, "Steps between the loop's FID evaluations.")
   flags.DEFINE_integer("num_samples", 1000, "Fixed latents per generator for the final metrics.")
+  define_precision_flag("float32", "every run's config.precision, its evaluations included")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -106,6 +107,7 @@ class Settings:
   eval_every: int = 50
   num_samples: int = 1000
   log_every: int = 10
+  precision: str = "float32"  # Every run's config.precision.
   # Dotted config fields set on every student (tests: tiny widths), and on a trained teacher.
   overrides: dict = dataclasses.field(default_factory=dict)
   teacher_overrides: dict = dataclasses.field(default_factory=dict)
@@ -162,6 +164,7 @@ def _schedule(config, settings: Settings, steps: int):
   config.eval_every = min(settings.eval_every, steps)
   config.checkpoint_every = max(config.eval_every, steps // 4)
   config.num_devices = 1
+  config.precision = settings.precision
   return config
 
 
@@ -248,12 +251,14 @@ class Evaluator:
   """The trained digit classifier's features of fixed-latent samples, and the metrics of
   gankd_jax.metrics between feature sets."""
 
-  def __init__(self, mesh, batch_size: int):
+  def __init__(self, mesh, batch_size: int, precision: str = "float32"):
     import ml_collections
     from gankd_jax import evaluation
     from gankd_jax.metrics.features import FeatureExtractor
+    from gankd_jax.models import layers
     apply, variables, _ = evaluation.FEATURE_LOADERS[FEATURES](ml_collections.ConfigDict())
-    self.extractor = FeatureExtractor(apply, variables, batch_size, mesh)
+    self.extractor = FeatureExtractor(layers.with_precision(precision, apply), variables,
+                                      batch_size, mesh)
     self.batch_size = self.extractor.batch_size
 
   def features(self, images) -> Any:
@@ -293,12 +298,14 @@ class Evaluator:
 
 def generate(restored, num: int, batch_size: int) -> dict[str, Any]:
   """Student and teacher images on the evaluation latents of examples 0..num-1 (methods/common.py;
-  the same for every run), in fixed batches so every batch's noise is the same everywhere."""
+  the same for every run), in fixed batches so every batch's noise is the same everywhere; in the
+  run's config.precision."""
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from gankd_jax.models import layers
   method = restored.method
-  step = jax.jit(method.generate)
+  step = jax.jit(layers.with_precision(layers.precision_of(restored.config), method.generate))
   image_shape = method.image_shape
   out: dict[str, list] = {}
   for start in range(0, num, batch_size):
@@ -523,7 +530,7 @@ def run_experiment(settings: Settings, workdir: str) -> list[dict]:
       return []
 
   mesh = parallel.make_mesh(1)
-  evaluator = Evaluator(mesh, 250)
+  evaluator = Evaluator(mesh, 250, settings.precision)
   held_out = data.build_dataset(students[0].config.data, "eval")
   num_real = min(settings.num_samples, held_out.num_examples)
   print(f"evaluating {len(students)} students and the teacher on {settings.num_samples} latents "
@@ -586,7 +593,8 @@ def settings_from_flags() -> Settings:
       seeds=_numbers(FLAGS.seeds, int, "seeds") if FLAGS.seeds else preset["seeds"],
       steps=FLAGS.steps or preset["steps"], teacher_steps=FLAGS.teacher_steps,
       teacher_workdir=FLAGS.teacher_workdir, teacher_network=FLAGS.teacher_network,
-      batch_size=FLAGS.batch_size, eval_every=FLAGS.eval_every, num_samples=FLAGS.num_samples)
+      batch_size=FLAGS.batch_size, eval_every=FLAGS.eval_every, num_samples=FLAGS.num_samples,
+      precision=FLAGS.precision)
 
 
 def _compile_once():

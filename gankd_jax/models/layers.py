@@ -408,6 +408,9 @@ class Norm(nn.Module):
 # 128->128 at 128x128: 246 vs ~480 ms), and for narrow convs in any case (the U-Net's 128->12
 # output conv: 77 vs 302 ms); without YNNPACK this rule is also the faster one at 64x64
 # (OMGD default fused step 0.50 s, vs 0.54 s with wide convs as im2col up to 64x64 outputs).
+# bfloat16 (config.precision) keeps the same rule, measured: XLA:CPU's bfloat16 convolution ran
+# at about its float32 speed, and im2col as a bfloat16 product was slower on large maps (3x3
+# 128->128 on 4x128x128, forward: 277 ms, against 132 as a bfloat16 convolution).
 MATMUL_CONV_MAX_PIXELS = 8 * 8
 # Depthwise convolutions (the mobile ResNets' SeparableConv) as shifted multiply-adds.
 DEPTHWISE_AS_TAPS = True
