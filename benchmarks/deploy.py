@@ -7,7 +7,7 @@
 Builds every generator role of the config (randomly initialised: latency does not depend on the
 weights, so no run is needed). Row by row (one role at a time, its runtimes back to back, so a
 row's numbers share the machine's load of that moment) it
-  - times the JAX model itself (`jax.jit` of the training graph) on XLA:CPU: XLA sizes its
+  - times the JAX model itself (the inference path, gankd_jax/inference.py) on XLA:CPU: XLA sizes its
     thread pool at start-up, so "1 thread" pins every thread of this process to one core for
     that measurement (`pinned_to`) and "2 threads" lets it use two;
   - exports the network in the export graph mode to each other format (gankd_jax/export.py, with
@@ -70,14 +70,15 @@ def time_row(net, formats, threads, size: int, directory: str, errors: dict) -> 
   """latency_ms[format][threads] of one network, every runtime back to back; each file's
   parity error against float64 (over the output scale) goes to errors[format], the JAX
   model's own float32 error to errors["jax_float32"]."""
-  import jax
   from gankd_jax import export
+  from gankd_jax.inference import compile_inference
   shape = export.example_shape(net, size, 1)
   x = export.parity_input(shape)
   latency = {}
   for fmt in formats:
     if fmt == "jax":
-      run = jax.jit(export.reference_function(net))
+      run = compile_inference(lambda variables, v: export.first_output(net.apply_fn(variables, v)),
+                              net.variables)
       latency[fmt] = {}
       for n in threads:
         with pinned_to(n):
@@ -123,6 +124,8 @@ def format_table(rows: dict, formats, threads, student: str = "student") -> str:
 
 def main(argv):
   del argv
+  from gankd_jax import xla_cpu
+  xla_cpu.configure(inference=True)  # Forward passes only, as gankd_jax.translate runs them.
   import jax
   import jax.numpy as jnp
   from gankd_jax import export, stats

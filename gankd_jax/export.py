@@ -117,16 +117,16 @@ def export_function(network, dtype=None) -> Callable[[Any], Any]:
   return forward
 
 
+def first_output(out):
+  """A generator's image (networks that also return features give a tuple)."""
+  return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def reference_function(network) -> Callable[[Any], Any]:
   """The same network in its training graph (the routes the layers pick for speed)."""
   import jax
   variables = jax.device_get(network.variables)
-
-  def forward(x):
-    out = network.apply_fn(variables, x)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-  return forward
+  return lambda x: first_output(network.apply_fn(variables, x))
 
 
 def float64_output(network, x) -> np.ndarray:
