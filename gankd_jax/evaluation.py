@@ -427,7 +427,8 @@ def make_eval_step(method, mesh, specs: list[EvaluatorSpec]):
   from gankd_jax.models import layers
   per_example = [s for s in specs if s.type in PER_EXAMPLE_TYPES]
 
-  @functools.partial(layers.with_precision, layers.precision_of(method.config))
+  # A method without a config (a test's stand-in) evaluates in float32.
+  @functools.partial(layers.with_precision, layers.precision_of(getattr(method, "config", None) or {}))
   def step(state, batch, frozen):
     outputs = method.generate(state, batch, frozen)
     targets = method.paired_targets(batch, outputs)
