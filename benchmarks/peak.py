@@ -13,7 +13,6 @@ the dot's is how near the step runs to that limit.
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,23 +26,13 @@ flags.DEFINE_integer("iters", 10, "Timed calls per kernel (median reported).")
 flags.DEFINE_bool("json", False, "Print the GMAC/s as JSON on the last line.")
 
 
-def median_seconds(fn, *args, iters: int) -> float:
-  import jax
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
-
-
 def main(argv):
   del argv
   from gankd_jax import xla_cpu
   xla_cpu.configure(256)
   import jax
   import jax.numpy as jnp
+  from gankd_jax.metrics.latency import median_seconds
   from gankd_jax.models import layers
 
   n = FLAGS.size

@@ -14,7 +14,6 @@ paper256: the reference's per-GPU batch 8 at 256x256.
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,21 +32,11 @@ flags.DEFINE_enum("precision", None, ["float32", "bfloat16"],
 flags.DEFINE_bool("json", False, "Print the results as one JSON line last.")
 
 
-def median_seconds(fn, *args, steps: int) -> float:
-  import jax
-  jax.block_until_ready(fn(*args))  # Compile and warm up.
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
-
-
 def main(argv):
   del argv
   import jax
   from gankd_jax import stats
+  from gankd_jax.metrics.latency import median_seconds
   from gankd_jax.methods import build_method
   from gankd_jax.models import layers
 
@@ -79,7 +68,7 @@ def main(argv):
       "Dmain": precise(lambda g, d, k: method._d_main(g, d, real, k, step)),
       "Dreg": precise(lambda g, d, k: method._d_reg(d, real, step)),
   }
-  seconds = {name: median_seconds(fn, g, d, keys[2], steps=FLAGS.steps)
+  seconds = {name: median_seconds(fn, g, d, keys[2], iters=FLAGS.steps)
              for name, fn in phases.items()}
   gmac = {name: stats.executed_macs(fn, g, d, keys[2]) / 1e9 for name, fn in phases.items()}
   g_step = seconds["Gmain"] + (seconds["Greg"] / loss.pl_interval if loss.pl_weight else 0.0)

@@ -18,6 +18,19 @@ import numpy as np
 from gankd_jax.inference import compile_inference
 
 
+def median_seconds(fn, *args, iters: int, warmup: int = 1) -> float:
+  """Median wall seconds of `fn(*args)` (blocked until ready) over `iters` calls after `warmup`
+  untimed ones (the first compiles)."""
+  for _ in range(max(warmup, 1)):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
 def measure_latency(apply_fn: Callable[[Any, jax.Array], Any], variables: Any,
                     input_shape: tuple[int, ...], *, warmup: int = 3, iters: int = 20,
                     device=None, precision: str = "float32") -> dict[str, float]:
