@@ -13,7 +13,8 @@ import pytest
 
 from gankd_jax.models import (GENERATORS, build_discriminator, build_generator,
                               check_discriminator_size, check_image_size, count_params)
-from gankd_jax.models.layers import (ExpansionBlock, conv_transpose_dilated,
+from gankd_jax.models import layers
+from gankd_jax.models.layers import (ExpansionBlock, conv_transpose_dilated, conv_transpose_phases,
                                      conv_transpose_subpixel)
 from gankd_jax.models.patchgan import patch_output_size
 
@@ -370,6 +371,8 @@ def test_conv_transpose_matches_pytorch_semantics(k, p, op):
   got = np.asarray(conv_transpose_subpixel(jnp.asarray(x), jnp.asarray(w), p, op))
   assert got.shape == (2, 10, 12, 4)
   np.testing.assert_allclose(got, expected, atol=1e-4)
+  np.testing.assert_allclose(conv_transpose_phases(jnp.asarray(x), jnp.asarray(w), p, op),
+                             expected, atol=1e-4)
   np.testing.assert_allclose(conv_transpose_dilated(jnp.asarray(x), jnp.asarray(w), p, op),
                              expected, atol=1e-4)
   t = jax.lax.conv_transpose(jnp.asarray(x), jnp.asarray(w)[::-1, ::-1], (2, 2),
@@ -378,14 +381,30 @@ def test_conv_transpose_matches_pytorch_semantics(k, p, op):
   np.testing.assert_allclose(t, expected, atol=1e-4)
 
 
-def test_conv_transpose_gradients_match():
+@pytest.mark.parametrize("k,p,op", [(4, 1, 0), (3, 1, 1)])
+def test_conv_transpose_gradients_match(k, p, op):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(1, 4, 4, 2)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(4, 4, 2, 3)), jnp.float32)
-  grads = [jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w, 1, 0))), argnums=(0, 1))(x, w)
-           for f in (conv_transpose_subpixel, conv_transpose_dilated)]
-  for a, b in zip(*grads):
-    np.testing.assert_allclose(a, b, atol=1e-4)
+  w = jnp.asarray(rng.normal(size=(k, k, 2, 3)), jnp.float32)
+  expected, *others = [
+      jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w, p, op))), argnums=(0, 1))(x, w)
+      for f in (conv_transpose_dilated, conv_transpose_subpixel, conv_transpose_phases)]
+  for grads in others:
+    for a, b in zip(grads, expected):
+      np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("c_out", [3, 16])
+def test_training_graph_takes_the_measured_transposed_conv_form(c_out):
+  module = layers.ConvTranspose(c_out, 4, padding=1)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 16)), jnp.float32)
+  variables = module.init(jax.random.key(0), x)
+  expected = conv_transpose_dilated(x, variables["params"]["kernel"], 1, 0)
+  np.testing.assert_allclose(module.apply(variables, x), expected + variables["params"]["bias"],
+                             atol=1e-4)
+  assert layers.training_conv_transpose(c_out) is (
+      conv_transpose_subpixel if c_out <= layers.TRAINING_SUBPIXEL_MAX_OUT
+      else conv_transpose_phases)
 
 
 # ---------------------------------------------------------------- registry

@@ -6,12 +6,13 @@ normalisation statistics exactly as in the reference), N(0, 0.02) weight init, B
 PyTorch's momentum / epsilon, InstanceNorm without affine parameters, and transposed
 convolutions with PyTorch's ``ConvTranspose2d`` geometry.
 
-Transposed convolutions are computed by an exact sub-pixel decomposition: for stride 2 every
-output phase (row parity, column parity) is an ordinary small convolution of the input, so one
-stride-1 convolution producing ``4 * C_out`` channels followed by depth-to-space gives the same
+Transposed convolutions are computed by exact phase decompositions: for stride 2 every output
+phase (row parity, column parity) is an ordinary small convolution of the input, either four
+convolutions with only their own taps, interleaved, or one stride-1 convolution producing
+``4 * C_out`` channels (zero taps included) followed by depth-to-space; each gives the same
 result as PyTorch's ``ConvTranspose2d`` without the 4x wasted work of an lhs-dilated
-convolution on XLA:CPU. The kernel is stored as ``(kh, kw, in, out)`` where
-``kernel[a, b, i, o] == torch_weight[i, o, a, b]``.
+convolution on XLA:CPU, and the faster one per layer width is used (`training_conv_transpose`).
+The kernel is stored as ``(kh, kw, in, out)`` where ``kernel[a, b, i, o] == torch_weight[i, o, a, b]``.
 """
 from __future__ import annotations
 
@@ -603,7 +604,9 @@ def conv_transpose_phases(x, kernel_hwio, padding: int, output_padding: int):
   for row_taps in taps:
     row = []
     for col_taps in taps:
-      kernel = kernel_hwio[np.array([t for _, t in row_taps])][:, np.array([t for _, t in col_taps])]
+      # Static slices, not a gather: a gather's gradient is a scatter, slow on CPU.
+      kernel = jnp.stack([kernel_hwio[a] for _, a in row_taps])
+      kernel = jnp.stack([kernel[:, b] for _, b in col_taps], axis=1)
       pad = [(-row_taps[0][0], row_taps[-1][0]), (-col_taps[0][0], col_taps[-1][0])]
       row.append(conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), pad))
     rows.append(jnp.concatenate(row, axis=-1))
@@ -643,6 +646,20 @@ def inference_conv_transpose(c_in: int, c_out: int):
   return conv_transpose_phases
 
 
+# Training (forward + backward, batch 4, 2 cores, 256x256 U-Nets): the per-phase form does the
+# transposed conv's own multiply-adds, the sub-pixel form 9/4 of them (the zero taps), and was
+# 1.6-1.9x slower on the wide layers (input 16x16 1024->256: 347 against 188 ms; 32x32 512->128:
+# 308 / 165; 64x64 256->64: 334 / 208; the student's 16x16 256->64: 21.4 / 14.9). A few output
+# channels turn that around, as forward-only (128x128 128->3: 110 against 166 ms; 32->3: 26 / 45),
+# so those layers keep the sub-pixel form (the lhs-dilated one is 30-45x slower to differentiate).
+TRAINING_SUBPIXEL_MAX_OUT = 4
+
+
+def training_conv_transpose(c_out: int):
+  """The transposed conv form the training graph uses for this width (measured: see above)."""
+  return conv_transpose_subpixel if c_out <= TRAINING_SUBPIXEL_MAX_OUT else conv_transpose_phases
+
+
 class ConvTranspose(nn.Module):
   """PyTorch ``ConvTranspose2d(in, features, kernel, stride=2, padding, output_padding)``."""
 
@@ -657,10 +674,12 @@ class ConvTranspose(nn.Module):
     w = self.param("kernel", WEIGHT_INIT, (self.kernel, self.kernel, x.shape[-1], self.features))
     if _TEXTBOOK_CONV_TRANSPOSE.get():
       impl = conv_transpose_dilated
-    elif _INFERENCE_GRAPH.get() and not _EXPORT_GRAPH.get():
+    elif _EXPORT_GRAPH.get():
+      impl = conv_transpose_subpixel  # One CONV_2D node (export.py).
+    elif _INFERENCE_GRAPH.get():
       impl = inference_conv_transpose(x.shape[-1], self.features)
     else:
-      impl = conv_transpose_subpixel
+      impl = training_conv_transpose(self.features)
     y = impl(x, w, self.padding, self.output_padding)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
