@@ -55,7 +55,7 @@ def test_transposed_conv_forms_are_the_same_function(k, p, op, c_out):
   expected = layers.conv_transpose_dilated(x, w, p, op)
   np.testing.assert_allclose(layers.conv_transpose_phases(x, w, p, op), expected, atol=1e-4)
   np.testing.assert_allclose(layers.conv_transpose_subpixel(x, w, p, op), expected, atol=1e-4)
-  chosen = layers.inference_conv_transpose(64, c_out)
+  chosen = layers.inference_conv_transpose(c_out)
   assert chosen is (layers.conv_transpose_dilated if c_out <= layers.INFERENCE_DILATED_MAX_OUT
                     else layers.conv_transpose_phases)
   np.testing.assert_allclose(chosen(x, w, p, op), expected, atol=1e-4)

@@ -632,16 +632,16 @@ def textbook_conv_transpose():
 
 # Forward-only with constant weights (batch 1 and 4, 256x256 generators, 2 cores), the per-phase
 # form was the fastest transposed conv almost everywhere (the U-Net's 1024->512 at 8x8: 8.4 ms,
-# against 10.8 lhs-dilated and 17.6 sub-pixel, whose 9-tap kernel holds 5 zero taps in 9), but a
-# wide input to a few output channels (the U-Net's 128->3 output layer at 128x128) runs as 4
-# convolutions with a 3-wide output, which XLA:CPU does badly (5.5 ms; lhs-dilated 2.6).
+# against 10.8 lhs-dilated and 17.6 sub-pixel, whose 9-tap kernel holds 5 zero taps in 9), but an
+# output layer to a few channels runs as 4 convolutions with a 3-wide output, which XLA:CPU does
+# badly: batch 1 at 128x128, 128->3: 12.1 ms per-phase, 3.0 lhs-dilated; the ngf 16 U-Net's
+# 32->3: 5.0-5.2 ms per-phase, 1.9-2.1 lhs-dilated (2026-12-01, on a second machine type).
 INFERENCE_DILATED_MAX_OUT = 4
-INFERENCE_DILATED_MIN_IN = 64
 
 
-def inference_conv_transpose(c_in: int, c_out: int):
+def inference_conv_transpose(c_out: int):
   """The transposed conv form the inference graph uses for this width (measured: see above)."""
-  if c_out <= INFERENCE_DILATED_MAX_OUT and c_in >= INFERENCE_DILATED_MIN_IN:
+  if c_out <= INFERENCE_DILATED_MAX_OUT:
     return conv_transpose_dilated
   return conv_transpose_phases
 
@@ -677,7 +677,7 @@ class ConvTranspose(nn.Module):
     elif _EXPORT_GRAPH.get():
       impl = conv_transpose_subpixel  # One CONV_2D node (export.py).
     elif _INFERENCE_GRAPH.get():
-      impl = inference_conv_transpose(x.shape[-1], self.features)
+      impl = inference_conv_transpose(self.features)
     else:
       impl = training_conv_transpose(self.features)
     y = impl(x, w, self.padding, self.output_padding)
