@@ -12,7 +12,8 @@ convolutions with only their own taps, interleaved, or one stride-1 convolution 
 ``4 * C_out`` channels (zero taps included) followed by depth-to-space; each gives the same
 result as PyTorch's ``ConvTranspose2d`` without the 4x wasted work of an lhs-dilated
 convolution on XLA:CPU, and the faster one per layer width is used (`training_conv_transpose`).
-The kernel is stored as ``(kh, kw, in, out)`` where ``kernel[a, b, i, o] == torch_weight[i, o, a, b]``.
+The kernel is stored as ``(kh, kw, in, out)`` where
+``kernel[a, b, i, o] == torch_weight[i, o, a, b]``.
 """
 from __future__ import annotations
 
