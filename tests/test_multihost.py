@@ -30,7 +30,9 @@ TINY = {**TINY_OMGD, "eval.num_sample_images": 2, "optimizer.constant_steps": 10
 # Topologies differ in reduction order. The sum of squares of the parameters agrees to float32
 # rounding; the plain sum less closely, since Adam turns rounding noise in a near-zero gradient
 # into a step of +-lr, and those steps add up in the sum (tests/test_train.py explains the same).
-SUM_RTOL, SUM_OF_SQUARES_RTOL = 1e-3, 1e-4
+# Measured: after 4 steps the deep teacher's sum (636k parameters) moved by 1.05e-3 (2.1 in 2032,
+# ~5k parameters' Adam steps flipped) while its sum of squares agreed to 5e-6.
+SUM_RTOL, SUM_OF_SQUARES_RTOL = 2e-3, 1e-4
 
 
 def tiny_config(**overrides):
