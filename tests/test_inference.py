@@ -9,8 +9,11 @@ from gankd_jax import models, xla_cpu
 from gankd_jax.inference import compile_inference
 from gankd_jax.models import dcgan, layers
 
-# Measured differences: ~1e-7 (U-Nets) to ~2e-6 (ResNets: instance norms over larger sums).
-ATOL = 2e-5
+# Measured differences: ~1e-7 (U-Nets) to ~1e-6 (ResNets: instance norms over larger sums), and
+# 2.6e-5 for the deep ResNet teacher at ngf 4, whose many instance norms over 4 channels amplify
+# rounding: against a float64 evaluation, its training graph is off by 1.7e-5, the inference
+# path by 2.0e-5 (both float32; their forms only add in different orders).
+ATOL = 5e-5
 
 
 @pytest.mark.parametrize("fields", [

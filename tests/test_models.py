@@ -454,6 +454,39 @@ def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad, lhs_dilation", [
+    ((1, 14, 12, 8), (7, 7, 8, 3), 1, [(3, 3), (3, 3)], 1),   # the ResNets' output layer
+    ((2, 9, 10, 5), (3, 3, 5, 8), 2, [(1, 0), (0, 2)], 1),    # strided, uneven padding
+    ((1, 6, 7, 8), (4, 4, 8, 2), 1, [(2, 3), (2, 3)], 2),     # a transposed conv, lhs-dilated
+    ((1, 8, 8, 4), (5, 3, 4, 4), 1, [(-1, 2), (1, 1)], 1),    # kh != kw, negative padding
+])
+def test_row_taps_equal_xla_convolution(x_shape, kernel_shape, stride, pad, lhs_dilation):
+  """The inference graph's row-taps form (a 1 x kw conv to kh * c_out channels, then shifted row
+  sums) for convs to a few channels, against lax's convolution."""
+  from gankd_jax.models import layers
+  kx, kk = jax.random.split(jax.random.key(2))
+  x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, kernel_shape)
+  dilation = (lhs_dilation, lhs_dilation)
+  reference = jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dilation,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert not layers.use_row_taps(kernel_shape, 1, None)  # Training graph: XLA's convolution.
+  with layers.inference_graph():
+    assert layers.use_row_taps(kernel_shape, 1, None)
+    ours = layers.conv_general_dilated(x, kernel, (stride, stride), pad, dilation)
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c_out, kernel, expected", [(1, 7, False), (3, 7, True), (8, 3, True),
+                                                     (16, 3, False), (3, 1, False)])
+def test_inference_graph_takes_row_taps_for_2_to_8_output_channels(c_out, kernel, expected):
+  from gankd_jax.models import layers
+  with layers.inference_graph():
+    assert layers.use_row_taps((kernel, kernel, 16, c_out), 1, None) == expected
+    assert not layers.use_row_taps((kernel, kernel, 16, c_out), 1, (2, 2))  # rhs-dilated
+    with layers.export_graph():  # One CONV_2D node per conv in an exported graph.
+      assert not layers.use_row_taps((kernel, kernel, 16, c_out), 1, None)
+
+
 @pytest.mark.parametrize("x_shape, kernel, stride, pad", [
     ((2, 9, 9, 6), 3, 1, 1), ((1, 10, 11, 4), 3, 2, 0), ((1, 8, 8, 3), 5, 1, 2)])
 def test_depthwise_taps_equal_xla_grouped_convolution_and_its_gradients(x_shape, kernel, stride, pad):
