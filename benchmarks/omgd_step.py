@@ -63,6 +63,9 @@ def main(argv):
   from gankd_jax.methods import build_method
 
   config = FLAGS.config
+  if config.get("method") != "omgd":
+    fail(f"--config: method '{config.get('method')}': this benchmark times the pix2pix OMGD step "
+         "(configs/omgd.py); for other methods `python -m gankd_jax.main` logs steps/s")
   config.batch_size = FLAGS.batch_size
   config.n_dis = 2  # Step 0 updates teachers + D, step 1 only the student.
   if FLAGS.precision:

@@ -5,6 +5,8 @@ PyTorch modules (bytedance/OMGD ``models/modules``), not from our code, and agai
 totals that were checked once against bytedance/OMGD's PyTorch modules (torch 2.13,
 ``sum(p.numel() for p in net.parameters())``).
 """
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -460,31 +462,46 @@ def test_conv_routing_matches_xla_convolution(x_shape, kernel_shape, stride, pad
     ((1, 6, 7, 8), (4, 4, 8, 2), 1, [(2, 3), (2, 3)], 2),     # a transposed conv, lhs-dilated
     ((1, 8, 8, 4), (5, 3, 4, 4), 1, [(-1, 2), (1, 1)], 1),    # kh != kw, negative padding
 ])
-def test_row_taps_equal_xla_convolution(x_shape, kernel_shape, stride, pad, lhs_dilation):
-  """The inference graph's row-taps form (a 1 x kw conv to kh * c_out channels, then shifted row
-  sums) for convs to a few channels, against lax's convolution."""
+def test_row_taps_equal_xla_convolution_and_its_gradients(x_shape, kernel_shape, stride, pad,
+                                                          lhs_dilation):
+  """The row-taps form (a 1 x kw conv to kh * c_out channels, then shifted row sums) for convs to
+  a few channels, against lax's convolution: values and both gradients (the training graph
+  takes it for 7x7 kernels)."""
   from gankd_jax.models import layers
   kx, kk = jax.random.split(jax.random.key(2))
   x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, kernel_shape)
   dilation = (lhs_dilation, lhs_dilation)
-  reference = jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dilation,
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  assert not layers.use_row_taps(kernel_shape, 1, None)  # Training graph: XLA's convolution.
+
+  def loss(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, (stride, stride), pad, dilation)))
+  reference = functools.partial(jax.lax.conv_general_dilated,
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
   with layers.inference_graph():
     assert layers.use_row_taps(kernel_shape, 1, None)
-    ours = layers.conv_general_dilated(x, kernel, (stride, stride), pad, dilation)
-  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("c_out, kernel, expected", [(1, 7, False), (3, 7, True), (8, 3, True),
-                                                     (16, 3, False), (3, 1, False)])
-def test_inference_graph_takes_row_taps_for_2_to_8_output_channels(c_out, kernel, expected):
-  from gankd_jax.models import layers
+  np.testing.assert_allclose(loss(layers._conv_as_row_taps)(x, kernel),
+                             loss(reference)(x, kernel), rtol=1e-4, atol=1e-4)
+  for got, want in zip(jax.grad(loss(layers._conv_as_row_taps), (0, 1))(x, kernel),
+                       jax.grad(loss(reference), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   with layers.inference_graph():
-    assert layers.use_row_taps((kernel, kernel, 16, c_out), 1, None) == expected
-    assert not layers.use_row_taps((kernel, kernel, 16, c_out), 1, (2, 2))  # rhs-dilated
+    ours = layers.conv_general_dilated(x, kernel, (stride, stride), pad, dilation)
+  np.testing.assert_allclose(ours, reference(x, kernel, (stride, stride), pad, dilation),
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c_out, kernel, inference, training", [
+    (1, 7, False, False), (3, 7, True, True), (8, 7, True, True), (8, 3, True, False),
+    (4, 4, True, False), (16, 7, False, False), (3, 1, False, False)])
+def test_row_taps_for_2_to_8_output_channels_as_measured(c_out, kernel, inference, training):
+  from gankd_jax.models import layers
+  shape = (kernel, kernel, 16, c_out)
+  assert layers.use_row_taps(shape, 1, None) == training
+  with layers.inference_graph():
+    assert layers.use_row_taps(shape, 1, None) == inference
+    assert not layers.use_row_taps(shape, 1, (2, 2))  # rhs-dilated
+    assert not layers.use_row_taps(shape, 2, None)    # grouped
     with layers.export_graph():  # One CONV_2D node per conv in an exported graph.
-      assert not layers.use_row_taps((kernel, kernel, 16, c_out), 1, None)
+      assert not layers.use_row_taps(shape, 1, None)
 
 
 @pytest.mark.parametrize("x_shape, kernel, stride, pad", [

@@ -455,21 +455,29 @@ def _depthwise_as_taps(x, kernel, strides, padding):
   return out
 
 
-# Forward-only, XLA:CPU's convolution to a few output channels has little to tile over: the
-# ResNets' 7x7 output layer (64->3 at 256x256) took 71-78 ms at batch 1, more than PyTorch's 52.
-# As a 1 x kw convolution to kh * c_out channels (every kernel row at once) and a sum of kh
-# row-shifted slices of that small map, it ran 2-5x faster (2 cores, 2026-12-01): 7x7 64->3 at
-# 256x256 71.5 -> 15.1 ms, 16->3 (the mobile student's) 18.1 -> 4.1, 3x3 64->3 at 128x128 4.5 ->
-# 1.4, 4x4 128->3 at 128x128 12.1 -> 4.1; 8 outputs 0.33-0.47x; 16 outputs 0.64-2.1x; one output
-# mixed (3x3 32->1 at 256x256 1.5x slower, 7x7 0.5-0.7x). So the inference graph takes it for 2-8.
-INFERENCE_ROW_TAPS_OUT = range(2, 9)
+# XLA:CPU's convolution to a few output channels has little to tile over: the ResNets' 7x7 output
+# layer (64->3 at 256x256) took 71-78 ms forward at batch 1, more than PyTorch's 52. As a 1 x kw
+# convolution to kh * c_out channels (every kernel row at once) and a sum of kh row-shifted slices
+# of that small map, it ran 2-5x faster forward (2 cores, 2026-12-01): 7x7 64->3 at 256x256 71.5 ->
+# 15.1 ms, 16->3 (the mobile student's) 18.1 -> 4.1, 3x3 64->3 at 128x128 4.5 -> 1.4, 4x4 128->3 at
+# 128x128 12.1 -> 4.1; 8 outputs 0.33-0.47x; 16 outputs 0.64-2.1x; one output mixed (3x3 32->1 at
+# 256x256 1.5x slower, 7x7 0.5-0.7x). So the inference graph takes it for 2-8 outputs.
+# Forward + backward it wins by less and not everywhere: 7x7 kernels gain at every width measured
+# (batch 1 at 256x256: 128->3 386 -> 126 ms, 64->3 140-147 -> 67-78, 48->3 111 -> 64, 48->4 105 ->
+# 75, 32->3 79 -> 61, 64->8 201 -> 165; batch 4 64->3 637 -> 379; 16->3 even), 3x3 kernels do not
+# (batch 4 at 128x128 with YNNPACK dots: 32->8 20 -> 36 ms, 64->4 34 -> 37), so the training graph
+# takes it for kernels of 7x7 and up.
+ROW_TAPS_OUT = range(2, 9)
+TRAINING_ROW_TAPS_MIN_TAPS = 7 * 7
 
 
 def use_row_taps(kernel_shape, feature_group_count: int, rhs_dilation) -> bool:
-  """Whether the inference graph runs this conv in the row-taps form (measured: see above)."""
-  return (_INFERENCE_GRAPH.get() and not _EXPORT_GRAPH.get() and feature_group_count == 1
-          and kernel_shape[0] > 1 and kernel_shape[3] in INFERENCE_ROW_TAPS_OUT
-          and all(d == 1 for d in rhs_dilation or (1, 1)))
+  """Whether this conv runs in the row-taps form in the current graph (measured: see above)."""
+  kh, kw, _, c_out = kernel_shape
+  if (_EXPORT_GRAPH.get() or feature_group_count != 1 or kh == 1 or c_out not in ROW_TAPS_OUT
+      or any(d != 1 for d in rhs_dilation or (1, 1))):
+    return False
+  return _INFERENCE_GRAPH.get() or kh * kw >= TRAINING_ROW_TAPS_MIN_TAPS
 
 
 def _conv_as_row_taps(x, kernel, strides, padding, lhs_dilation=None, precision=None):
