@@ -504,19 +504,16 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
                          precision=None, **kwargs):
   """`lax.conv_general_dilated` for NHWC/HWIO, taking the matmul, depthwise-taps or row-taps
   form where that is faster."""
-  if (not kwargs and isinstance(padding, (list, tuple))
-      and use_row_taps(kernel.shape, feature_group_count, rhs_dilation)):
+  explicit = not kwargs and isinstance(padding, (list, tuple))
+  if explicit and use_row_taps(kernel.shape, feature_group_count, rhs_dilation):
     return _conv_as_row_taps(x, kernel, window_strides, padding, lhs_dilation, precision)
-  plain = (not _EXPORT_GRAPH.get() and feature_group_count == 1 and not kwargs
-           and isinstance(padding, (list, tuple))
-           and all(lo >= 0 and hi >= 0 for lo, hi in padding)
-           and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
-  if (DEPTHWISE_AS_TAPS and not _EXPORT_GRAPH.get() and not kwargs
-      and is_depthwise(x, kernel, feature_group_count) and isinstance(padding, (list, tuple))
-      and all(lo >= 0 and hi >= 0 for lo, hi in padding)
-      and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))):
+  # The other forms take undilated convolutions with non-negative padding.
+  undilated = (explicit and not _EXPORT_GRAPH.get()
+               and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+               and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
+  if undilated and DEPTHWISE_AS_TAPS and is_depthwise(x, kernel, feature_group_count):
     return _depthwise_as_taps(x, kernel, window_strides, padding)
-  if plain:
+  if undilated and feature_group_count == 1:
     kh, kw = kernel.shape[:2]
     ho = (x.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
     wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
