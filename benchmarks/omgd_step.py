@@ -1,7 +1,13 @@
-"""Seconds per OMGD fused step: with the teacher + discriminator update, and student-only.
+"""Seconds per OMGD fused step, for each of the method's step kinds.
 
   python benchmarks/omgd_step.py --config=configs/omgd.py:unet_s16 --batch_size=4 \
       [--precision=bfloat16] [--json]
+  python benchmarks/omgd_step.py --config=configs/omgd_cycle.py:horse2zebra_s16 --batch_size=1 \
+      [--precision=bfloat16] [--json]
+
+pix2pix OMGD (configs/omgd.py): the full step (teachers + discriminator + student) and the
+student-only step. CycleGAN-OMGD (configs/omgd_cycle.py): the teacher step (G_A + G_B, then D_A +
+D_B) and the student step against the selected G_A.
 
 Random inputs at the config's image size; the VGG16 perceptual terms are timed with randomly
 initialised VGG weights when no weights file is found (timing only: training never does this).
@@ -30,8 +36,16 @@ flags.DEFINE_enum("precision", None, ["float32", "bfloat16"],
                   "config.precision for the step (default: the config's).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps per kind after compilation.")
 flags.DEFINE_integer("steps", 3, "Timed steps per kind (median reported).")
-flags.DEFINE_bool("json", False, "Print {\"full_step_s\": x, \"student_step_s\": y, ...} as the last "
-                  "line.")
+flags.DEFINE_bool("json", False, "Print {\"full_step_s\": x, \"student_step_s\": y, ...} (CycleGAN-OMGD: "
+                  "teacher_step_s for full_step_s) as the last line.")
+
+# method -> its step kinds: (name, label, the phase's training step number).
+STEP_KINDS = {
+    "omgd": (("full", "full step (teachers + D + student)", 0),
+             ("student", "student-only step", 1)),
+    "omgd_cycle": (("teacher", "teacher step (G_A + G_B, D_A + D_B)", 0),
+                   ("student", "student step (selected G_A -> S)", None)),  # None: after the teachers'.
+}
 
 
 def time_step(step_fn, state, batch, frozen, warmup, steps):
@@ -55,6 +69,10 @@ def time_step(step_fn, state, batch, frozen, warmup, steps):
 
 def main(argv):
   del argv
+  if FLAGS.config.get("method") not in STEP_KINDS:
+    fail(f"--config: method '{FLAGS.config.get('method')}': this benchmark times the OMGD steps "
+         "(configs/omgd.py, configs/omgd_cycle.py); for other methods `python -m gankd_jax.main` "
+         "logs steps/s")
   from gankd_jax import xla_cpu
   xla_note = xla_cpu.configure(FLAGS.config.data.crop_size)
   import jax
@@ -63,11 +81,9 @@ def main(argv):
   from gankd_jax.methods import build_method
 
   config = FLAGS.config
-  if config.get("method") != "omgd":
-    fail(f"--config: method '{config.get('method')}': this benchmark times the pix2pix OMGD step "
-         "(configs/omgd.py); for other methods `python -m gankd_jax.main` logs steps/s")
   config.batch_size = FLAGS.batch_size
-  config.n_dis = 2  # Step 0 updates teachers + D, step 1 only the student.
+  if config.method == "omgd":
+    config.n_dis = 2  # Step 0 updates teachers + D, step 1 only the student.
   if FLAGS.precision:
     config.precision = FLAGS.precision
   try:
@@ -90,22 +106,23 @@ def main(argv):
   frozen = parallel.replicate(frozen, mesh)
   state = jax.jit(method.init_state, out_shardings=parallel.replicated(mesh))(keys[2], batch, frozen)
 
-  full, full_gmac, state = time_step(train.make_train_step(method, mesh, method.phase(0)), state, batch, frozen,
-                          FLAGS.warmup, FLAGS.steps)
-  student, student_gmac, state = time_step(train.make_train_step(method, mesh, method.phase(1)), state, batch,
-                             frozen, FLAGS.warmup, FLAGS.steps)
+  results = {}
+  for name, label, step in STEP_KINDS[config.method]:
+    phase = method.phase(method.schedule.teacher_steps if step is None else step)
+    seconds, gmac, state = time_step(train.make_train_step(method, mesh, phase), state, batch,
+                                     frozen, FLAGS.warmup, FLAGS.steps)
+    results[name] = (label, seconds, gmac)
   print(f"{size}x{size}, batch {FLAGS.batch_size}, {mesh.size} device(s) "
         f"({jax.devices()[0].platform}), {config.precision}, {vgg_note}"
         + (f"; {xla_note}" if xla_note else ""))
-  print(f"full step (teachers + D + student): {full:.3f} s  {full_gmac:8.1f} GMAC  "
-        f"{full_gmac / full:6.1f} GMAC/s")
-  print(f"student-only step:                  {student:.3f} s  {student_gmac:8.1f} GMAC  "
-        f"{student_gmac / student:6.1f} GMAC/s")
+  width = max(len(label) for label, _, _ in results.values()) + 1
+  for label, seconds, gmac in results.values():
+    print(f"{label + ':':<{width}} {seconds:.3f} s  {gmac:8.1f} GMAC  {gmac / seconds:6.1f} GMAC/s")
   if FLAGS.json:
-    print(json.dumps({"precision": config.precision,
-                      "full_step_s": round(full, 4), "student_step_s": round(student, 4),
-                      "full_step_gmac": round(full_gmac, 2),
-                      "student_step_gmac": round(student_gmac, 2)}))
+    record = {"precision": config.precision}
+    for name, (_, seconds, gmac) in results.items():
+      record.update({f"{name}_step_s": round(seconds, 4), f"{name}_step_gmac": round(gmac, 2)})
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":
