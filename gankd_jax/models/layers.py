@@ -428,22 +428,6 @@ def use_matmul_conv(kernel_shape, out_hw) -> bool:
   return kh * kw == 1 or out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS
 
 
-def _conv_as_matmul(x, kernel, strides, padding, precision=None):
-  """NHWC conv (no groups, no dilation) as patches @ kernel; `padding` is [(lo, hi)] * 2."""
-  kh, kw, c_in, c_out = kernel.shape
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  (sh, sw), (ho, wo) = strides, ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
-  patches = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-             for i in range(kh) for j in range(kw)]
-  return matmul(jnp.concatenate(patches, axis=-1), kernel.reshape(kh * kw * c_in, c_out), precision)
-
-
-def is_depthwise(x, kernel, feature_group_count: int) -> bool:
-  """One filter per input channel (HWIO kernel (kh, kw, 1, C), C groups of C inputs)."""
-  return feature_group_count > 1 and kernel.shape[2] == 1 and (
-      feature_group_count == x.shape[-1] == kernel.shape[3])
-
-
 def _pad_hw(v, padding, interior=(0, 0)):
   """Zero padding of H and W of NHWC, [(lo, hi)] * 2 (negative crops), `interior` zeros between
   pixels."""
@@ -452,11 +436,30 @@ def _pad_hw(v, padding, interior=(0, 0)):
                      [(0, 0, 0), (hl, hh, interior[0]), (wl, wh, interior[1]), (0, 0, 0)])
 
 
+def _out_hw(padded_hw, kernel_hw, strides):
+  """Output height and width of a conv over an already padded input."""
+  return tuple((size - k) // stride + 1 for size, k, stride in zip(padded_hw, kernel_hw, strides))
+
+
 def _tap_windows(xp, kernel_hw, strides, out_hw):
   """The (i, j) tap's strided window of the padded input, for every tap in row-major order."""
   (kh, kw), (sh, sw), (ho, wo) = kernel_hw, strides, out_hw
   return [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
           for i in range(kh) for j in range(kw)]
+
+
+def _conv_as_matmul(x, kernel, strides, padding, precision=None):
+  """NHWC conv (no groups, no dilation) as patches @ kernel; `padding` is [(lo, hi)] * 2."""
+  kh, kw, c_in, c_out = kernel.shape
+  xp = _pad_hw(x, padding)
+  patches = _tap_windows(xp, (kh, kw), strides, _out_hw(xp.shape[1:3], (kh, kw), strides))
+  return matmul(jnp.concatenate(patches, axis=-1), kernel.reshape(kh * kw * c_in, c_out), precision)
+
+
+def is_depthwise(x, kernel, feature_group_count: int) -> bool:
+  """One filter per input channel (HWIO kernel (kh, kw, 1, C), C groups of C inputs)."""
+  return feature_group_count > 1 and kernel.shape[2] == 1 and (
+      feature_group_count == x.shape[-1] == kernel.shape[3])
 
 
 def _tap_sum(xp, kernel, strides, out_hw):
@@ -488,8 +491,8 @@ def _depthwise_as_taps(x, kernel, strides, padding):
 def _depthwise_as_taps_fwd(x, kernel, strides, padding):
   kh, kw = kernel.shape[:2]
   xp = _pad_hw(x, padding)
-  out_hw = ((xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1)
-  return _materialized(_tap_sum(xp, kernel, strides, out_hw), kernel[0, 0, 0, 0]), (x, kernel)
+  out = _tap_sum(xp, kernel, strides, _out_hw(xp.shape[1:3], (kh, kw), strides))
+  return _materialized(out, kernel[0, 0, 0, 0]), (x, kernel)
 
 
 def _depthwise_as_taps_bwd(strides, padding, residuals, g):
@@ -548,8 +551,7 @@ def _conv_as_row_taps(x, kernel, strides, padding, lhs_dilation=None, precision=
   rows = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(1, kw, c_in, kh * c_out)
   z = mixed_conv(x, rows, (1, sw), [(0, 0), tuple(padding[1])], lhs_dilation=(1, dw),
                  precision=precision)
-  z = jax.lax.pad(z, jnp.zeros((), z.dtype),
-                  [(0, 0, 0), (padding[0][0], padding[0][1], dh - 1), (0, 0, 0), (0, 0, 0)])
+  z = _pad_hw(z, (tuple(padding[0]), (0, 0)), interior=(dh - 1, 0))
   ho = (z.shape[1] - kh) // sh + 1
   z = z.reshape(*z.shape[:3], kh, c_out)
   out = z[:, 0:sh * (ho - 1) + 1:sh, :, 0]
