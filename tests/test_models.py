@@ -529,6 +529,47 @@ def test_depthwise_taps_equal_xla_grouped_convolution_and_its_gradients(x_shape,
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad", [
+    ((1, 19, 19, 3), (3, 3, 3, 5), 2, [(1, 1), (1, 1)]),     # the ResNets' downsampling
+    ((1, 20, 18, 4), (4, 4, 4, 6), 2, [(1, 1), (1, 1)]),     # the U-Nets' / PatchGAN's
+    ((1, 29, 27, 2), (3, 3, 2, 3), 3, [(0, 2), (2, 1)]),     # uneven padding, spare rows
+    ((1, 12, 11, 5), (2, 2, 5, 4), 1, [(0, 1), (0, 1)]),     # a transposed conv's phase
+    ((1, 12, 12, 5), (1, 2, 5, 4), 1, [(0, 0), (0, 1)]),
+])
+def test_tap_weight_gradient_equals_xla_convolution_and_its_gradients(x_shape, kernel_shape,
+                                                                      stride, pad):
+  """Strided and <= 4-tap convolutions of one image take their kernel gradient as one product
+  per tap: values and both gradients against lax's convolution."""
+  from gankd_jax.models import layers
+  strides = (stride, stride)
+  assert layers.use_tap_weight_gradient(kernel_shape, x_shape, strides)
+  assert not layers.use_tap_weight_gradient(kernel_shape, (2,) + x_shape[1:], strides)
+  kx, kk = jax.random.split(jax.random.key(3))
+  x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, kernel_shape)
+
+  def loss(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, pad)))
+  reference = functools.partial(jax.lax.conv_general_dilated,
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  jaxpr = str(jax.make_jaxpr(loss(layers.conv_general_dilated))(x, kernel))
+  assert "_conv_tap_weight_gradient" in jaxpr
+  np.testing.assert_allclose(loss(layers.conv_general_dilated)(x, kernel),
+                             loss(reference)(x, kernel), rtol=1e-5, atol=1e-4)
+  for got, want in zip(jax.grad(loss(layers.conv_general_dilated), (0, 1))(x, kernel),
+                       jax.grad(loss(reference), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tap_weight_gradient_only_where_measured_faster():
+  from gankd_jax.models import layers
+  one, four = (1, 64, 64, 8), (4, 64, 64, 8)
+  assert layers.use_tap_weight_gradient((3, 3, 8, 8), one, (2, 2))
+  assert layers.use_tap_weight_gradient((2, 2, 8, 8), one, (1, 1))
+  assert not layers.use_tap_weight_gradient((3, 3, 8, 8), one, (1, 1))   # 9 taps, stride 1
+  assert not layers.use_tap_weight_gradient((7, 7, 3, 8), one, (1, 1))
+  assert not layers.use_tap_weight_gradient((3, 3, 8, 8), four, (2, 2))  # batch 4
+
+
 @pytest.mark.parametrize("shape", [(3, 9, 7, 5), (2, 33, 32, 3)])  # plain sums; >= 1024 rows: products
 def test_matmul_norms_match_flax_batchnorm_and_plain_instance_norm(shape):
   """layers.BatchNorm / instance_norm sum by matrix products in a custom VJP; values, running

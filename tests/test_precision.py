@@ -50,6 +50,7 @@ def bf16_operands_in(fn, *args) -> set[str]:
     ((2, 6, 6, 8), (3, 3, 8, 7), 1, [(1, 1), (1, 1)], 1),     # im2col + matmul (small output)
     ((2, 12, 12, 6), (1, 1, 6, 9), 1, [(0, 0), (0, 0)], 1),   # 1x1 as a matmul
     ((2, 16, 16, 6), (4, 4, 6, 5), 2, [(1, 1), (1, 1)], 1),   # strided
+    ((1, 20, 20, 6), (4, 4, 6, 5), 2, [(1, 1), (1, 1)], 1),   # strided, one image: tap products
     ((2, 9, 9, 6), (3, 3, 1, 6), 1, [(1, 1), (1, 1)], 6),     # depthwise (stays float32)
 ])
 def test_bfloat16_routes_equal_lax_convolution_within_bfloat16_rounding(

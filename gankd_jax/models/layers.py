@@ -144,35 +144,36 @@ def compute_dtype():
   return _COMPUTE_DTYPE.get()
 
 
-@jax.custom_vjp
-def _matmul_low(x, w):
-  """(..., K) @ (K, N) in bfloat16 with a float32 result."""
-  return jnp.matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
-                    preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x, w, operand_dtype, precision):
+  """(..., K) @ (K, N) with `operand_dtype` operands and a float32 result."""
+  return _matmul_fwd(x, w, operand_dtype, precision)[0]
 
 
-def _matmul_low_fwd(x, w):
-  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  return jnp.matmul(xb, wb, preferred_element_type=jnp.float32), (xb, wb)
+def _matmul_fwd(x, w, operand_dtype, precision):
+  xo, wo = x.astype(operand_dtype), w.astype(operand_dtype)
+  return jnp.matmul(xo, wo, precision=precision, preferred_element_type=jnp.float32), (xo, wo)
 
 
-def _matmul_low_bwd(residuals, g):
-  xb, wb = residuals
-  gb = g.astype(jnp.bfloat16)
-  dx = jnp.matmul(gb, wb.T, preferred_element_type=jnp.float32)
-  dw = jnp.einsum("mk,mn->kn", xb.reshape(-1, xb.shape[-1]), gb.reshape(-1, gb.shape[-1]),
-                  preferred_element_type=jnp.float32)
+def _matmul_bwd(operand_dtype, precision, residuals, g):
+  xo, wo = residuals
+  # g computed once: XLA:CPU fused the elementwise work producing g (an instance norm's
+  # gradient, ...) into a transposed copy for the weight gradient's product, ~12 ms per 1x1
+  # conv of a mobile ResNet block at 64x64x256 (the block's forward + backward 98 -> 80 ms).
+  go = _materialized(g, wo[0, 0]).astype(operand_dtype)
+  dx = jnp.matmul(go, wo.T, precision=precision, preferred_element_type=jnp.float32)
+  dw = jnp.einsum("mk,mn->kn", xo.reshape(-1, xo.shape[-1]), go.reshape(-1, go.shape[-1]),
+                  precision=precision, preferred_element_type=jnp.float32)
   return dx, dw
 
 
-_matmul_low.defvjp(_matmul_low_fwd, _matmul_low_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def matmul(x, w, precision=None):
   """x (..., K) @ w (K, N) in the current trace's precision."""
-  if compute_dtype() is None:
-    return jnp.matmul(x, w, precision=precision)
-  return _matmul_low(x.astype(jnp.float32), w.astype(jnp.float32))
+  operand_dtype = compute_dtype() or jnp.float32
+  return _matmul(x.astype(jnp.float32), w.astype(jnp.float32), operand_dtype, precision)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
@@ -180,7 +181,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
   if (compute_dtype() is not None and not kw and tuple(lhs_contract) == (lhs.ndim - 1,)
       and tuple(rhs_contract) == (0,) and rhs.ndim == 2 and not lhs_batch and not rhs_batch):
-    return _matmul_low(lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+    return _matmul(lhs.astype(jnp.float32), rhs.astype(jnp.float32), jnp.bfloat16, precision)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                              preferred_element_type=preferred_element_type, **kw)
 
@@ -485,14 +486,18 @@ def _depthwise_as_taps(x, kernel, strides, padding):
   """Depthwise NHWC conv as a sum of kh * kw shifted, per-channel scaled copies of the input:
   elementwise work XLA fuses into one loop (XLA:CPU's grouped convolution runs it as C tiny
   convolutions; timings in DEPTHWISE_AS_TAPS' comment). `strides` and `padding` are tuples."""
-  return _depthwise_as_taps_fwd(x, kernel, strides, padding)[0]
+  xp = _pad_hw(x, padding)
+  return _tap_sum(xp, kernel, strides, _out_hw(xp.shape[1:3], kernel.shape[:2], strides))
 
 
 def _depthwise_as_taps_fwd(x, kernel, strides, padding):
-  kh, kw = kernel.shape[:2]
-  xp = _pad_hw(x, padding)
-  out = _tap_sum(xp, kernel, strides, _out_hw(xp.shape[1:3], (kh, kw), strides))
-  return _materialized(out, kernel[0, 0, 0, 0]), (x, kernel)
+  # Under differentiation the input and the output are each computed once: XLA:CPU split the
+  # reflection padding before a separable conv into five partial copies, one per group of taps
+  # reading it, and copied the tap sum into each of its consumers (see `_materialized`). A
+  # forward-only pass is as fast without (the ngf 16 mobile ResNet's latency: 26 -> 33 ms with).
+  x = _materialized(x, kernel[0, 0, 0, 0])
+  return _materialized(_depthwise_as_taps(x, kernel, strides, padding), kernel[0, 0, 0, 0]), (
+      x, kernel)
 
 
 def _depthwise_as_taps_bwd(strides, padding, residuals, g):
@@ -502,6 +507,7 @@ def _depthwise_as_taps_bwd(strides, padding, residuals, g):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
   (sh, sw), (n, ho, wo, c) = strides, g.shape
+  g = _materialized(g, kernel[0, 0, 0, 0])  # Read by the 1 + kh * kw loops below.
   xp = _pad_hw(x, padding)
   # Rows / columns past the last strided window: no output saw them.
   spare_h, spare_w = xp.shape[1] - (sh * (ho - 1) + kh), xp.shape[2] - (sw * (wo - 1) + kw)
@@ -510,7 +516,9 @@ def _depthwise_as_taps_bwd(strides, padding, residuals, g):
                interior=(sh - 1, sw - 1))
   dx = _tap_sum(gp, kernel[::-1, ::-1], (1, 1), x.shape[1:3])
   windows = _tap_windows(xp, (kh, kw), strides, (ho, wo))
-  dk = _row_sums(jnp.stack([(w * g).reshape(n * ho * wo, c) for w in windows]))
+  # One product per tap: stacked into one (kh * kw, M, C) operand they cost a 36 MB copy per
+  # conv at 64x64x256 (the mobile ResNet block's forward + backward 80 -> 62 ms without it).
+  dk = jnp.concatenate([_row_sums((w * g).reshape(1, n * ho * wo, c)) for w in windows])
   return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -560,6 +568,73 @@ def _conv_as_row_taps(x, kernel, strides, padding, lhs_dilation=None, precision=
   return out
 
 
+# XLA:CPU computes a convolution's weight gradient slowly at batch 1 (it parallelises over the
+# batch). As one product per kernel tap (the tap's window of the input, its zero padding fused in,
+# against the output gradient, contracted over pixels) a strided convolution's was 2-3x faster
+# (2 cores, 2026-12-01, batch 1: 3x3 stride 2 64->128 at 256x256 70 -> 35 ms, 128->256 at 128x128
+# 43 -> 21; 4x4 stride 2 64->128 at 128x128 26 -> 8.5, 3->64 at 256x256 6.7 -> 2.1), and so was a
+# kernel of at most 4 taps (the per-phase transposed convolutions' 2x2 128->64 at 128x128 27 ->
+# 14 ms, 1x2 13.6 -> 5.8, 2x2 256->128 at 64x64 17 -> 10). Larger stride-1 kernels were mixed
+# (3x3 256->256 at 64x64 43 -> 51 ms, 128->128 at 128x128 78 -> 53; 7x7 3->64 at 256x256 10 -> 24)
+# and batch 4 as often slower as faster (3x3 stride 2 64->128 at 256x256 134 -> 160 ms, 4x4 stride
+# 2 128->256 at 64x64 36 -> 28, 2x2 128->64 at 128x128 50 -> 86), so those keep XLA's.
+TAP_WEIGHT_GRADIENT_MAX_TAPS = 4
+
+
+def use_tap_weight_gradient(kernel_shape, x_shape, strides) -> bool:
+  """Whether this plain convolution's weight gradient runs as per-tap products (see above)."""
+  return x_shape[0] == 1 and (any(stride > 1 for stride in strides)
+                              or kernel_shape[0] * kernel_shape[1] <= TAP_WEIGHT_GRADIENT_MAX_TAPS)
+
+
+def _padded_tap_window(x, tap, strides, padding, out_hw):
+  """The input pixels kernel tap (i, j) reads for each output pixel, zeros where it reads
+  padding: rows i - pad_lo + stride * r, likewise columns (a strided slice of x, then a pad)."""
+  starts, stops, steps, pads = [], [], [], []
+  for t, stride, (lo, _), size, out in zip(tap, strides, padding, x.shape[1:3], out_hw):
+    first = max(0, -((t - lo) // stride))  # first output whose input index is >= 0
+    last = min(out - 1, (size - 1 - (t - lo)) // stride)
+    starts.append(t - lo + stride * first)
+    stops.append(t - lo + stride * last + 1)
+    steps.append(stride)
+    pads.append((first, out - 1 - last))
+  if any(start >= stop for start, stop in zip(starts, stops)):  # the tap reads only padding
+    return jnp.zeros((x.shape[0], *out_hw, x.shape[3]), x.dtype)
+  window = x[:, starts[0]:stops[0]:steps[0], starts[1]:stops[1]:steps[1], :]
+  return _pad_hw(window, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_tap_weight_gradient(x, kernel, strides, padding, operand_dtype, precision):
+  """A plain NHWC conv whose kernel gradient is one product per tap (input gradient: lax's)."""
+  return _conv_tap_weight_gradient_fwd(x, kernel, strides, padding, operand_dtype, precision)[0]
+
+
+def _conv_tap_weight_gradient_fwd(x, kernel, strides, padding, operand_dtype, precision):
+  xo, ko = x.astype(operand_dtype), kernel.astype(operand_dtype)
+  out = _lax_conv(xo, ko, strides, padding, None, None, 1, precision=precision,
+                  preferred_element_type=jnp.float32)
+  return out, (xo, ko)
+
+
+def _conv_tap_weight_gradient_bwd(strides, padding, operand_dtype, precision, residuals, g):
+  xo, ko = residuals
+  go = g.astype(operand_dtype)
+  _, input_vjp = jax.vjp(lambda v: _lax_conv(v, ko, strides, padding, None, None, 1,
+                                             precision=precision), xo)
+  kh, kw, c_in, c_out = ko.shape
+  rows = go.reshape(-1, c_out)
+  dk = jnp.stack([
+      jnp.einsum("mk,mn->kn",
+                 _padded_tap_window(xo, (i, j), strides, padding, g.shape[1:3]).reshape(-1, c_in),
+                 rows, precision=precision, preferred_element_type=jnp.float32)
+      for i in range(kh) for j in range(kw)])
+  return input_vjp(go)[0].astype(jnp.float32), dk.reshape(ko.shape)
+
+
+_conv_tap_weight_gradient.defvjp(_conv_tap_weight_gradient_fwd, _conv_tap_weight_gradient_bwd)
+
+
 def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
@@ -581,6 +656,10 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
     wo = (x.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
     if use_matmul_conv(kernel.shape, (ho, wo)):
       return _conv_as_matmul(x, kernel, window_strides, padding, precision)
+    if use_tap_weight_gradient(kernel.shape, x.shape, window_strides):
+      return _conv_tap_weight_gradient(
+          x.astype(jnp.float32), kernel.astype(jnp.float32), tuple(window_strides),
+          tuple(tuple(p) for p in padding), compute_dtype() or jnp.float32, precision)
   return mixed_conv(x, kernel, window_strides, padding, lhs_dilation=lhs_dilation,
                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                     feature_group_count=feature_group_count, precision=precision, **kwargs)
