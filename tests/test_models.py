@@ -505,7 +505,8 @@ def test_row_taps_for_2_to_8_output_channels_as_measured(c_out, kernel, inferenc
 
 
 @pytest.mark.parametrize("x_shape, kernel, stride, pad", [
-    ((2, 9, 9, 6), 3, 1, 1), ((1, 10, 11, 4), 3, 2, 0), ((1, 8, 8, 3), 5, 1, 2)])
+    ((2, 9, 9, 6), 3, 1, 1), ((1, 10, 11, 4), 3, 2, 0), ((1, 8, 8, 3), 5, 1, 2),
+    ((2, 8, 12, 5), 3, 1, 1)])  # The last two: pixel counts the kernel gradient sums in slices.
 def test_depthwise_taps_equal_xla_grouped_convolution_and_its_gradients(x_shape, kernel, stride, pad):
   """The depthwise route (shifted multiply-adds) against lax's grouped convolution: values and
   both gradients (it runs in training too)."""
