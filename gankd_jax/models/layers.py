@@ -525,7 +525,7 @@ def _depthwise_as_taps_bwd(strides, padding, residuals, g):
   per tap, the sum of the tap's input window times g (`_sum_of_products`)."""
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
-  (sh, sw), (n, ho, wo, c) = strides, g.shape
+  (sh, sw), (_, ho, wo, c) = strides, g.shape
   g = _materialized(g, kernel[0, 0, 0, 0])  # Read by the 1 + kh * kw loops below.
   xp = _pad_hw(x, padding)
   # Rows / columns past the last strided window: no output saw them.
