@@ -664,17 +664,19 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
   undilated = (explicit and not _EXPORT_GRAPH.get()
                and all(lo >= 0 and hi >= 0 for lo, hi in padding)
                and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
-  if undilated and DEPTHWISE_AS_TAPS and is_depthwise(x, kernel, feature_group_count):
-    return _depthwise_as_taps(x, kernel, tuple(window_strides),
-                              tuple(tuple(p) for p in padding))
-  if undilated and feature_group_count == 1:
-    padded_hw = (x.shape[1] + sum(padding[0]), x.shape[2] + sum(padding[1]))
-    if use_matmul_conv(kernel.shape, _out_hw(padded_hw, kernel.shape[:2], window_strides)):
-      return _conv_as_matmul(x, kernel, window_strides, padding, precision)
-    if use_tap_weight_gradient(kernel.shape, x.shape, window_strides):
-      return _conv_tap_weight_gradient(
-          x.astype(jnp.float32), kernel.astype(jnp.float32), tuple(window_strides),
-          tuple(tuple(p) for p in padding), compute_dtype() or jnp.float32, precision)
+  if undilated:
+    # Hashable, for the custom VJPs' static arguments.
+    strides, pairs = tuple(window_strides), tuple(tuple(p) for p in padding)
+    if DEPTHWISE_AS_TAPS and is_depthwise(x, kernel, feature_group_count):
+      return _depthwise_as_taps(x, kernel, strides, pairs)
+    if feature_group_count == 1:
+      padded_hw = (x.shape[1] + sum(pairs[0]), x.shape[2] + sum(pairs[1]))
+      if use_matmul_conv(kernel.shape, _out_hw(padded_hw, kernel.shape[:2], strides)):
+        return _conv_as_matmul(x, kernel, strides, pairs, precision)
+      if use_tap_weight_gradient(kernel.shape, x.shape, strides):
+        return _conv_tap_weight_gradient(x.astype(jnp.float32), kernel.astype(jnp.float32),
+                                         strides, pairs, compute_dtype() or jnp.float32,
+                                         precision)
   return mixed_conv(x, kernel, window_strides, padding, lhs_dilation=lhs_dilation,
                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                     feature_group_count=feature_group_count, precision=precision, **kwargs)
