@@ -530,21 +530,26 @@ def test_depthwise_taps_equal_xla_grouped_convolution_and_its_gradients(x_shape,
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad", [
-    ((1, 19, 19, 3), (3, 3, 3, 5), 2, [(1, 1), (1, 1)]),     # the ResNets' downsampling
-    ((1, 20, 18, 4), (4, 4, 4, 6), 2, [(1, 1), (1, 1)]),     # the U-Nets' / PatchGAN's
-    ((1, 29, 27, 2), (3, 3, 2, 3), 3, [(0, 2), (2, 1)]),     # uneven padding, spare rows
-    ((1, 12, 11, 5), (2, 2, 5, 4), 1, [(0, 1), (0, 1)]),     # a transposed conv's phase
-    ((1, 12, 12, 5), (1, 2, 5, 4), 1, [(0, 0), (0, 1)]),
+@pytest.mark.parametrize("x_shape, kernel_shape, stride, pad, taps, phases", [
+    ((1, 19, 19, 3), (3, 3, 3, 5), 2, [(1, 1), (1, 1)], True, False),   # the ResNets' downsampling
+    ((1, 20, 18, 4), (4, 4, 4, 6), 2, [(1, 1), (1, 1)], True, False),   # the U-Nets' / PatchGAN's
+    ((1, 29, 27, 2), (3, 3, 2, 3), 3, [(0, 2), (2, 1)], True, False),   # uneven padding, spare rows
+    ((1, 12, 11, 5), (2, 2, 5, 4), 1, [(0, 1), (0, 1)], True, False),   # a transposed conv's phase
+    ((1, 12, 12, 5), (1, 2, 5, 4), 1, [(0, 0), (0, 1)], True, False),
+    ((1, 20, 18, 10), (3, 3, 10, 4), 2, [(1, 1), (1, 1)], True, True),  # both, output padding 1
+    ((2, 20, 18, 12), (4, 4, 12, 6), 2, [(1, 1), (1, 1)], False, True),  # batch 2: phases only
+    ((2, 18, 20, 9), (3, 3, 9, 5), 2, [(1, 1), (1, 1)], False, True),
 ])
-def test_tap_weight_gradient_equals_xla_convolution_and_its_gradients(x_shape, kernel_shape,
-                                                                      stride, pad):
+def test_routed_gradients_equal_xla_convolution_and_its_gradients(x_shape, kernel_shape, stride,
+                                                                  pad, taps, phases):
   """Strided and <= 4-tap convolutions of one image take their kernel gradient as one product
-  per tap: values and both gradients against lax's convolution."""
+  per tap, stride-2 ones from 9 input channels their input gradient as the per-phase transposed
+  convolution: values and both gradients against lax's convolution."""
   from gankd_jax.models import layers
   strides = (stride, stride)
-  assert layers.use_tap_weight_gradient(kernel_shape, x_shape, strides)
+  assert layers.use_tap_weight_gradient(kernel_shape, x_shape, strides) == taps
   assert not layers.use_tap_weight_gradient(kernel_shape, (2,) + x_shape[1:], strides)
+  assert layers.use_phase_input_gradient(kernel_shape, x_shape, strides, pad) == phases
   kx, kk = jax.random.split(jax.random.key(3))
   x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, kernel_shape)
 
@@ -553,7 +558,7 @@ def test_tap_weight_gradient_equals_xla_convolution_and_its_gradients(x_shape, k
   reference = functools.partial(jax.lax.conv_general_dilated,
                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
   jaxpr = str(jax.make_jaxpr(loss(layers.conv_general_dilated))(x, kernel))
-  assert "_conv_tap_weight_gradient" in jaxpr
+  assert "_conv_routed_gradients" in jaxpr
   np.testing.assert_allclose(loss(layers.conv_general_dilated)(x, kernel),
                              loss(reference)(x, kernel), rtol=1e-5, atol=1e-4)
   for got, want in zip(jax.grad(loss(layers.conv_general_dilated), (0, 1))(x, kernel),
@@ -569,6 +574,19 @@ def test_tap_weight_gradient_only_where_measured_faster():
   assert not layers.use_tap_weight_gradient((3, 3, 8, 8), one, (1, 1))   # 9 taps, stride 1
   assert not layers.use_tap_weight_gradient((7, 7, 3, 8), one, (1, 1))
   assert not layers.use_tap_weight_gradient((3, 3, 8, 8), four, (2, 2))  # batch 4
+
+
+def test_phase_input_gradient_only_where_measured_faster():
+  from gankd_jax.models import layers
+  same = [(1, 1), (1, 1)]
+  assert layers.use_phase_input_gradient((4, 4, 64, 128), (4, 128, 128, 64), (2, 2), same)
+  assert layers.use_phase_input_gradient((3, 3, 64, 128), (1, 256, 256, 64), (2, 2), same)
+  assert not layers.use_phase_input_gradient((4, 4, 6, 128), (4, 256, 256, 6), (2, 2), same)
+  assert not layers.use_phase_input_gradient((4, 4, 64, 128), (4, 64, 64, 64), (1, 1), same)
+  assert not layers.use_phase_input_gradient((4, 4, 64, 128), (4, 65, 64, 64), (2, 2), same)
+  assert not layers.use_phase_input_gradient((4, 4, 64, 128), (4, 64, 64, 64), (2, 2),
+                                             [(1, 2), (1, 2)])
+  assert not layers.use_phase_input_gradient((3, 4, 64, 128), (4, 64, 64, 64), (2, 2), same)
 
 
 @pytest.mark.parametrize("shape", [(3, 9, 7, 5), (2, 33, 32, 3)])  # plain sums; >= 1024 rows: products

@@ -621,35 +621,94 @@ def _padded_tap_window(x, tap, strides, padding, out_hw):
   return _pad_hw(window, pads)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_tap_weight_gradient(x, kernel, strides, padding, operand_dtype, precision):
-  """A plain NHWC conv whose kernel gradient is one product per tap (input gradient: lax's)."""
-  return _conv_tap_weight_gradient_fwd(x, kernel, strides, padding, operand_dtype, precision)[0]
+def _tap_weight_gradient(xo, go, kernel_shape, strides, padding, precision):
+  """A convolution's kernel gradient as one product per tap, contracted over pixels."""
+  kh, kw, c_in, c_out = kernel_shape
+  rows = go.reshape(-1, c_out)
+  dk = jnp.stack([
+      jnp.einsum("mk,mn->kn",
+                 _padded_tap_window(xo, (i, j), strides, padding, go.shape[1:3]).reshape(-1, c_in),
+                 rows, precision=precision, preferred_element_type=jnp.float32)
+      for i in range(kh) for j in range(kw)])
+  return dk.reshape(kernel_shape)
 
 
-def _conv_tap_weight_gradient_fwd(x, kernel, strides, padding, operand_dtype, precision):
+# XLA:CPU takes a stride-2 convolution's input gradient as an lhs-dilated convolution (the output
+# gradient with zeros between its pixels), a slow loop in which 3/4 of the multiply-adds meet
+# those zeros. It is PyTorch's transposed convolution of the output gradient with the same
+# weights, which the per-phase form computes with only each phase's taps. Input gradient alone,
+# forward + backward not needed (2 cores, 2026-12-02; XLA's lhs-dilated / per-phase, ms): 4x4
+# stride 2 at batch 4 (the U-Nets' and the PatchGAN's), x 128x128 128->256 236 / 162, 64x64
+# 256->512 160 / 120, 128x128 64->128 94 / 42, 64x64 128->256 55 / 30, 32x32 256->512 31 / 30,
+# 128x128 16->32 12.3 / 3.7; 3x3 stride 2 at batch 1 (the ResNets'), 256x256 64->128 53 / 27,
+# 128x128 128->256 19 / 20. To a few input channels the phases' convolutions have little to
+# tile over and XLA's form wins (256x256 6->128 at batch 4: 21 / 66 ms; 3->64 at batch 1: 2.6 /
+# 8.8), so those keep it.
+PHASE_INPUT_GRADIENT_MIN_CHANNELS = 9
+
+
+def use_phase_input_gradient(kernel_shape, x_shape, strides, padding) -> bool:
+  """Whether this plain convolution's input gradient is the per-phase transposed convolution:
+  stride 2, a square kernel, one padding all round, each side of the input twice the output's
+  (so the transposed convolution of the output gradient has the input's size), and at least
+  PHASE_INPUT_GRADIENT_MIN_CHANNELS input channels (see above)."""
+  kh, kw, c_in, _ = kernel_shape
+  pads = {p for pair in padding for p in pair}
+  if (tuple(strides) != (2, 2) or kh != kw or len(pads) != 1
+      or c_in < PHASE_INPUT_GRADIENT_MIN_CHANNELS):
+    return False
+  (pad,) = pads
+  out_hw = _out_hw((x_shape[1] + 2 * pad, x_shape[2] + 2 * pad), (kh, kw), strides)
+  return all(size == 2 * out and out > 0 for size, out in zip(x_shape[1:3], out_hw))
+
+
+def _phase_input_gradient(go, ko, padding, precision):
+  """dL/dx of a stride-2 convolution: the output gradient's PyTorch transposed convolution with
+  the same weights (HWIO -> HW(O as in)(I as out)), in the per-phase form."""
+  kernel, pad = ko.shape[0], padding[0][0]
+  output_padding = 2 + 2 * pad - kernel  # input size 2 * out, minus the transposed conv's
+
+  def conv(v, k, strides, pads):
+    return _lax_conv(v, k, strides, pads, None, None, 1, precision=precision)
+  return conv_transpose_phases(go, ko.transpose(0, 1, 3, 2), pad, output_padding, conv=conv)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv_routed_gradients(x, kernel, strides, padding, operand_dtype, precision, tap_weights,
+                           phase_inputs):
+  """A plain NHWC conv whose kernel gradient is one product per tap (`tap_weights`) and / or
+  whose input gradient is the per-phase transposed convolution (`phase_inputs`); lax's
+  gradients otherwise."""
+  return _conv_routed_gradients_fwd(x, kernel, strides, padding, operand_dtype, precision,
+                                    tap_weights, phase_inputs)[0]
+
+
+def _conv_routed_gradients_fwd(x, kernel, strides, padding, operand_dtype, precision, *_):
   xo, ko = x.astype(operand_dtype), kernel.astype(operand_dtype)
   out = _lax_conv(xo, ko, strides, padding, None, None, 1, precision=precision,
                   preferred_element_type=jnp.float32)
   return out, (xo, ko)
 
 
-def _conv_tap_weight_gradient_bwd(strides, padding, operand_dtype, precision, residuals, g):
+def _conv_routed_gradients_bwd(strides, padding, operand_dtype, precision, tap_weights,
+                               phase_inputs, residuals, g):
   xo, ko = residuals
   go = g.astype(operand_dtype)
-  _, input_vjp = jax.vjp(lambda v: _lax_conv(v, ko, strides, padding, None, None, 1,
-                                             precision=precision), xo)
-  kh, kw, c_in, c_out = ko.shape
-  rows = go.reshape(-1, c_out)
-  dk = jnp.stack([
-      jnp.einsum("mk,mn->kn",
-                 _padded_tap_window(xo, (i, j), strides, padding, g.shape[1:3]).reshape(-1, c_in),
-                 rows, precision=precision, preferred_element_type=jnp.float32)
-      for i in range(kh) for j in range(kw)])
-  return input_vjp(go)[0].astype(jnp.float32), dk.reshape(ko.shape)
+
+  def conv(v, k):
+    return _lax_conv(v, k, strides, padding, None, None, 1, precision=precision)
+  if phase_inputs:
+    dx = _phase_input_gradient(go, ko, padding, precision)
+  else:
+    dx = jax.vjp(lambda v: conv(v, ko), xo)[1](go)[0]
+  if tap_weights:
+    dk = _tap_weight_gradient(xo, go, ko.shape, strides, padding, precision)
+  else:
+    dk = jax.vjp(lambda k: conv(xo, k), ko)[1](go)[0]
+  return dx.astype(jnp.float32), dk.astype(jnp.float32)
 
 
-_conv_tap_weight_gradient.defvjp(_conv_tap_weight_gradient_fwd, _conv_tap_weight_gradient_bwd)
+_conv_routed_gradients.defvjp(_conv_routed_gradients_fwd, _conv_routed_gradients_bwd)
 
 
 def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
@@ -673,10 +732,12 @@ def conv_general_dilated(x, kernel, window_strides, padding, lhs_dilation=None,
       padded_hw = (x.shape[1] + sum(pairs[0]), x.shape[2] + sum(pairs[1]))
       if use_matmul_conv(kernel.shape, _out_hw(padded_hw, kernel.shape[:2], strides)):
         return _conv_as_matmul(x, kernel, strides, pairs, precision)
-      if use_tap_weight_gradient(kernel.shape, x.shape, strides):
-        return _conv_tap_weight_gradient(x.astype(jnp.float32), kernel.astype(jnp.float32),
-                                         strides, pairs, compute_dtype() or jnp.float32,
-                                         precision)
+      tap_weights = use_tap_weight_gradient(kernel.shape, x.shape, strides)
+      phase_inputs = use_phase_input_gradient(kernel.shape, x.shape, strides, pairs)
+      if tap_weights or phase_inputs:
+        return _conv_routed_gradients(x.astype(jnp.float32), kernel.astype(jnp.float32),
+                                      strides, pairs, compute_dtype() or jnp.float32, precision,
+                                      tap_weights, phase_inputs)
   return mixed_conv(x, kernel, window_strides, padding, lhs_dilation=lhs_dilation,
                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                     feature_group_count=feature_group_count, precision=precision, **kwargs)
@@ -794,10 +855,12 @@ def conv_transpose_dilated(x, kernel_hwio, padding: int, output_padding: int):
                               padding=[(before, after)] * 2, lhs_dilation=(2, 2))
 
 
-def conv_transpose_phases(x, kernel_hwio, padding: int, output_padding: int):
+def conv_transpose_phases(x, kernel_hwio, padding: int, output_padding: int, conv=None):
   """The same PyTorch ``ConvTranspose2d(stride=2)`` as four convolutions, one per output phase,
   each with only that phase's taps (no zero taps), interleaved. With constant weights (the
-  inference path) the tap slices fold away at compile time."""
+  inference path) the tap slices fold away at compile time. `conv(x, kernel, strides, padding)`
+  runs the phases (default: `conv_general_dilated`)."""
+  conv = conv or conv_general_dilated
   k = kernel_hwio.shape[0]
   for size in x.shape[1:3]:
     if transposed_output_size(size, k, padding, output_padding) != 2 * size:
@@ -812,7 +875,7 @@ def conv_transpose_phases(x, kernel_hwio, padding: int, output_padding: int):
       kernel = jnp.stack([kernel_hwio[a] for _, a in row_taps])
       kernel = jnp.stack([kernel[:, b] for _, b in col_taps], axis=1)
       pad = [(-row_taps[0][0], row_taps[-1][0]), (-col_taps[0][0], col_taps[-1][0])]
-      row.append(conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), pad))
+      row.append(conv(x, kernel.astype(x.dtype), (1, 1), pad))
     rows.append(jnp.concatenate(row, axis=-1))
   return depth_to_space2(jnp.concatenate(rows, axis=-1), kernel_hwio.shape[3])
 
