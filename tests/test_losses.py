@@ -211,6 +211,42 @@ def test_style_loss_is_a_gram_l1_by_hand():
   assert float(style_loss(teacher, student, layers=("relu1_2", "relu2_2"))) == pytest.approx(4.0)
 
 
+
+def test_gram_gradient_is_the_einsums_and_two_teachers_share_one_student_gram():
+  """gram_matrix's own VJP (one product with the symmetrised cotangent) equals autodiff of the
+  plain einsum, for a cotangent that is not symmetric; the style loss of a student against two
+  teachers through one `gram_matrices` equals the sum of two `style_loss`es, gradient included."""
+  from gankd_jax.losses import perceptual
+  rng = np.random.default_rng(1)
+  features = jnp.asarray(rng.normal(size=(2, 3, 4, 5)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(2, 5, 5)), jnp.float32)
+
+  def einsum_gram(f):
+    flat = f.reshape(2, 12, 5)
+    return jnp.einsum("npc,npd->ncd", flat, flat, precision="highest") / (5 * 12)
+  for gram in (gram_matrix, einsum_gram):
+    np.testing.assert_allclose(gram(features), einsum_gram(features), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda f: jnp.sum(jnp.sin(gram_matrix(f)) * weights))(features),
+                             jax.grad(lambda f: jnp.sum(jnp.sin(einsum_gram(f)) * weights))(features),
+                             rtol=1e-5, atol=1e-6)
+  student = {layer: jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
+             for layer in perceptual.STYLE_LAYERS}
+  teachers = [{layer: jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
+               for layer in perceptual.STYLE_LAYERS} for _ in range(2)]
+
+  def shared(s):
+    grams = perceptual.gram_matrices(s)
+    return sum(perceptual.gram_style_loss(grams, perceptual.gram_matrices(t, side="teacher"))
+               for t in teachers)
+
+  def separate(s):
+    return sum(style_loss(s, t) for t in teachers)
+  np.testing.assert_allclose(shared(student), separate(student), rtol=1e-6)
+  for got, want in zip(jax.tree_util.tree_leaves(jax.grad(shared)(student)),
+                       jax.tree_util.tree_leaves(jax.grad(separate)(student))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- channel distillation
 
 def test_channel_connector_shapes_init_and_forward():

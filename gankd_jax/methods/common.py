@@ -154,6 +154,7 @@ def output_distillation_terms(student: jax.Array, targets: Sequence[jax.Array],
   if features is not None:
     terms.update(style=0.0, feature=0.0)
     student_features = features(student)
+    student_grams = perceptual.gram_matrices(student_features)
   terms["tv"] = 0.0
   if weights.get("lambda_pixel", 0.0):
     terms["pixel"] = 0.0
@@ -163,8 +164,8 @@ def output_distillation_terms(student: jax.Array, targets: Sequence[jax.Array],
       terms["pixel"] += weights.lambda_pixel * jnp.mean(jnp.abs(student - target))
     if features is not None:
       target_features = features(target)
-      terms["style"] += weights.lambda_style * perceptual.style_loss(student_features,
-                                                                     target_features)
+      terms["style"] += weights.lambda_style * perceptual.gram_style_loss(
+          student_grams, perceptual.gram_matrices(target_features, side="teacher"))
       terms["feature"] += weights.lambda_feature * perceptual.feature_loss(student_features,
                                                                            target_features)
     terms["tv"] += weights.lambda_tv * image.total_variation(student)
