@@ -636,9 +636,9 @@ def _tap_weight_gradient(xo, go, kernel_shape, strides, padding, precision):
 # XLA:CPU takes a stride-2 convolution's input gradient as an lhs-dilated convolution (the output
 # gradient with zeros between its pixels), a slow loop in which 3/4 of the multiply-adds meet
 # those zeros. It is PyTorch's transposed convolution of the output gradient with the same
-# weights, which the per-phase form computes with only each phase's taps. Input gradient alone,
-# forward + backward not needed (2 cores, 2026-12-02; XLA's lhs-dilated / per-phase, ms): 4x4
-# stride 2 at batch 4 (the U-Nets' and the PatchGAN's), x 128x128 128->256 236 / 162, 64x64
+# weights, which the per-phase form computes with only each phase's taps. The input gradient
+# timed alone (2 cores, 2026-12-02; XLA's lhs-dilated / per-phase, ms): 4x4 stride 2 at batch 4
+# (the U-Nets' and the PatchGAN's), x 128x128 128->256 236 / 162, 64x64
 # 256->512 160 / 120, 128x128 64->128 94 / 42, 64x64 128->256 55 / 30, 32x32 256->512 31 / 30,
 # 128x128 16->32 12.3 / 3.7; 3x3 stride 2 at batch 1 (the ResNets'), 256x256 64->128 53 / 27,
 # 128x128 128->256 19 / 20. To a few input channels the phases' convolutions have little to
