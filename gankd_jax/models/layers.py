@@ -638,12 +638,12 @@ def _tap_weight_gradient(xo, go, kernel_shape, strides, padding, precision):
 # those zeros. It is PyTorch's transposed convolution of the output gradient with the same
 # weights, which the per-phase form computes with only each phase's taps. The input gradient
 # timed alone (2 cores, 2026-12-02; XLA's lhs-dilated / per-phase, ms): 4x4 stride 2 at batch 4
-# (the U-Nets' and the PatchGAN's), x 128x128 128->256 236 / 162, 64x64
-# 256->512 160 / 120, 128x128 64->128 94 / 42, 64x64 128->256 55 / 30, 32x32 256->512 31 / 30,
-# 128x128 16->32 12.3 / 3.7; 3x3 stride 2 at batch 1 (the ResNets'), 256x256 64->128 53 / 27,
-# 128x128 128->256 19 / 20. To a few input channels the phases' convolutions have little to
-# tile over and XLA's form wins (256x256 6->128 at batch 4: 21 / 66 ms; 3->64 at batch 1: 2.6 /
-# 8.8), so those keep it.
+# (the U-Nets' and the PatchGAN's), x 128x128 128->256 236 / 162, 64x64 256->512 160 / 120,
+# 128x128 64->128 94 / 42, 64x64 128->256 55 / 30, 32x32 256->512 31 / 30, 128x128 16->32
+# 12.3 / 3.7; 3x3 stride 2 at batch 1 (the ResNets'), 256x256 64->128 53 / 27, 128x128
+# 128->256 19 / 20. To a few input channels the phases' convolutions have little to tile over
+# and XLA's form wins (256x256 6->128 at batch 4: 21 / 66 ms; 3->64 at batch 1: 2.6 / 8.8), so
+# those keep it.
 PHASE_INPUT_GRADIENT_MIN_CHANNELS = 9
 
 
@@ -662,14 +662,11 @@ def use_phase_input_gradient(kernel_shape, x_shape, strides, padding) -> bool:
   return all(size == 2 * out and out > 0 for size, out in zip(x_shape[1:3], out_hw))
 
 
-def _phase_input_gradient(go, ko, padding, precision):
+def _phase_input_gradient(go, ko, padding, conv):
   """dL/dx of a stride-2 convolution: the output gradient's PyTorch transposed convolution with
-  the same weights (HWIO -> HW(O as in)(I as out)), in the per-phase form."""
-  kernel, pad = ko.shape[0], padding[0][0]
-  output_padding = 2 + 2 * pad - kernel  # input size 2 * out, minus the transposed conv's
-
-  def conv(v, k, strides, pads):
-    return _lax_conv(v, k, strides, pads, None, None, 1, precision=precision)
+  the same weights (HWIO -> HW(O as in)(I as out)), in the per-phase form run by `conv`."""
+  kernel, pad, out = ko.shape[0], padding[0][0], go.shape[1]
+  output_padding = 2 * out - transposed_output_size(out, kernel, pad, 0)  # back to the input's size
   return conv_transpose_phases(go, ko.transpose(0, 1, 3, 2), pad, output_padding, conv=conv)
 
 
@@ -695,10 +692,10 @@ def _conv_routed_gradients_bwd(strides, padding, operand_dtype, precision, tap_w
   xo, ko = residuals
   go = g.astype(operand_dtype)
 
-  def conv(v, k):
-    return _lax_conv(v, k, strides, padding, None, None, 1, precision=precision)
+  def conv(v, k, window_strides=strides, pads=padding):
+    return _lax_conv(v, k, window_strides, pads, None, None, 1, precision=precision)
   if phase_inputs:
-    dx = _phase_input_gradient(go, ko, padding, precision)
+    dx = _phase_input_gradient(go, ko, padding, conv)
   else:
     dx = jax.vjp(lambda v: conv(v, ko), xo)[1](go)[0]
   if tap_weights:
